@@ -1,0 +1,366 @@
+"""Default configuration of pixelllm_d2.
+
+Key names follow detectron2 wherever detectron2 has the concept (MODEL.*, INPUT.*, DATASETS.*, DATALOADER.*,
+SOLVER.*, TEST.*, OUTPUT_DIR, SEED); everything specific to PixelLLM lives under MODEL.PIXELLLM. The defaults
+describe the paper-scale architecture (SAM ViT-H + EVA02-L + Flan-T5-XL at 384 px, the official release's sizes);
+`configs/tiny/` and `configs/shapes/` shrink it for CPU.
+
+Units: image coordinates are pixels unless a key says "normalised"; learning rates are per step; periods and
+iteration counts are optimizer steps.
+"""
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+
+class CfgNode(_FvCfgNode):
+    """fvcore's CfgNode (YAML with `_BASE_` inheritance, `merge_from_list` for `KEY VALUE` overrides) whose
+    `merge_from_file` reads YAML with the safe loader only."""
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
+
+
+_C = CfgNode()
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------------------------------------------
+# MODEL
+# ---------------------------------------------------------------------------------------------------------------
+_C.MODEL = CfgNode()
+# Name of the meta-architecture in META_ARCH_REGISTRY.
+_C.MODEL.META_ARCHITECTURE = "PixelLLM"
+# Our own full-model checkpoint (safetensors, or a torch file read with weights_only=True). Loaded after the
+# component weights below, so it overrides them. Empty: no checkpoint.
+_C.MODEL.WEIGHTS = ""
+# "cuda", "cpu", "cuda:1", or "auto" (CUDA when available, else CPU).
+_C.MODEL.DEVICE = "auto"
+# Mean / std of the SAM image encoder's input, RGB order, 0-255 pixel units (SAM's ImageNet statistics).
+_C.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+_C.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+# Predict referring masks with SAM's mask decoder (refseg configs).
+_C.MODEL.MASK_ON = False
+# Train / run the dense-captioning detector (proposal generator + prompt ROI head).
+_C.MODEL.DENSECAP_ON = False
+
+_C.MODEL.BACKBONE = CfgNode()
+# Name in BACKBONE_REGISTRY of the image encoder that produces the fused feature map.
+_C.MODEL.BACKBONE.NAME = "DualViTBackbone"
+
+_C.MODEL.PROPOSAL_GENERATOR = CfgNode()
+# Name in PROPOSAL_GENERATOR_REGISTRY; used only when MODEL.DENSECAP_ON.
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+
+# Anchors of the RPN, one tuple of sizes (pixels of the padded input) per pyramid level.
+_C.MODEL.ANCHOR_GENERATOR = CfgNode()
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+# Aspect ratios (h / w) of the anchors, shared by all levels.
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+
+_C.MODEL.RPN = CfgNode()
+# Pyramid levels the RPN reads, named "p2".."p6" (strides 4..64 of the padded input at paper scale).
+_C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+# Number of conv layers in the RPN head before the objectness / delta predictors.
+_C.MODEL.RPN.NUM_CONVS = 1
+# Anchor-to-GT IoU below which an anchor is negative, and at or above which it is positive.
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+# Anchors sampled per image for the RPN loss, and the positive fraction among them.
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+# Proposals kept per level before NMS and in total after NMS, at train / test time.
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 1000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 256
+# IoU of the proposal NMS.
+_C.MODEL.RPN.NMS_THRESH = 0.7
+# Proposals whose objectness probability is below this are dropped (0: keep all).
+_C.MODEL.RPN.SCORE_THRESH = 0.0
+# Weights of the objectness and box-regression losses.
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+
+_C.MODEL.ROI_HEADS = CfgNode()
+# Name in ROI_HEADS_REGISTRY of the ROIAlign-free head that turns proposals into box prompts.
+_C.MODEL.ROI_HEADS.NAME = "PromptROIHeads"
+# Proposal-to-GT IoU at or above which a proposal is foreground (and receives the matched GT's caption).
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.6]
+# Proposals sampled per image to train the box/objectness head, and their foreground fraction.
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 128
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+# Of the sampled proposals (foreground first), this many are captioned in training (official: 32 for T5).
+_C.MODEL.ROI_HEADS.NUM_TEXT_PROPOSALS = 32
+# Append the GT boxes to the proposals in training (GRiT / PixelLLM do).
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+# Test: drop detections below this score, NMS at this IoU, keep at most TEST.DETECTIONS_PER_IMAGE.
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+# Box-delta weights (wx, wy, ww, wh) of the refinement head.
+_C.MODEL.ROI_HEADS.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+# Final detection score: "det" (official: the detection score alone) or "det_x_caption"
+# (sqrt(det * exp(mean caption log-prob))).
+_C.MODEL.ROI_HEADS.SCORE_MODE = "det"
+
+# ---------------------------------------------------------------------------------------------------------------
+# MODEL.PIXELLLM: the parts detectron2 has no names for
+# ---------------------------------------------------------------------------------------------------------------
+_C.MODEL.PIXELLLM = CfgNode()
+
+# SAM image encoder (segment_anything's ImageEncoderViT), run at INPUT.IMAGE_SIZE.
+_C.MODEL.PIXELLLM.SAM = CfgNode()
+# "vit_h", "vit_l", "vit_b" (SAM's sizes), "tiny", or "custom" (the keys below).
+_C.MODEL.PIXELLLM.SAM.SIZE = "vit_h"
+# Used when SIZE is "custom" (and filled in from SIZE otherwise): width, depth, heads, blocks with global attention.
+_C.MODEL.PIXELLLM.SAM.EMBED_DIM = 1280
+_C.MODEL.PIXELLLM.SAM.DEPTH = 32
+_C.MODEL.PIXELLLM.SAM.NUM_HEADS = 16
+_C.MODEL.PIXELLLM.SAM.GLOBAL_ATTN_INDEXES = [7, 15, 23, 31]
+# Window size (tokens) of the windowed-attention blocks, and the patch size (pixels).
+_C.MODEL.PIXELLLM.SAM.WINDOW_SIZE = 14
+_C.MODEL.PIXELLLM.SAM.PATCH_SIZE = 16
+# Channels of SAM's neck output (also the prompt encoder / mask decoder width).
+_C.MODEL.PIXELLLM.SAM.OUT_CHANS = 256
+# Official SAM checkpoint (.pth with image_encoder.* / prompt_encoder.* / mask_decoder.*); position embeddings are
+# resized from 1024 px to INPUT.IMAGE_SIZE on load. Empty: random init.
+_C.MODEL.PIXELLLM.SAM.CHECKPOINT = ""
+# Freeze the SAM image encoder (all official configs do).
+_C.MODEL.PIXELLLM.SAM.FREEZE = True
+
+# EVA02 image encoder from timm.
+_C.MODEL.PIXELLLM.EVA02 = CfgNode()
+_C.MODEL.PIXELLLM.EVA02.ENABLED = True
+# timm model name (architecture only; weights come from CHECKPOINT).
+_C.MODEL.PIXELLLM.EVA02.NAME = "eva02_large_patch14_448"
+# Architecture overrides passed to timm (0 keeps timm's value): width, depth, heads, patch size (pixels).
+_C.MODEL.PIXELLLM.EVA02.EMBED_DIM = 0
+_C.MODEL.PIXELLLM.EVA02.DEPTH = 0
+_C.MODEL.PIXELLLM.EVA02.NUM_HEADS = 0
+_C.MODEL.PIXELLLM.EVA02.PATCH_SIZE = 0
+# Stochastic depth rate (official: 0.1).
+_C.MODEL.PIXELLLM.EVA02.DROP_PATH = 0.1
+# Local timm weights (.safetensors / .pth / .bin state dict); position embeddings resized on load. Empty: random.
+_C.MODEL.PIXELLLM.EVA02.CHECKPOINT = ""
+_C.MODEL.PIXELLLM.EVA02.FREEZE = False
+# CLIP normalisation of EVA02's input, RGB, 0-255 pixel units.
+_C.MODEL.PIXELLLM.EVA02.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+_C.MODEL.PIXELLLM.EVA02.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
+
+# Fusion of the two maps: both resized (bicubic) to the larger grid, then concatenated along channels.
+_C.MODEL.PIXELLLM.FUSION = CfgNode()
+_C.MODEL.PIXELLLM.FUSION.INTERPOLATION = "bicubic"
+
+# SAM prompt encoder (boxes and points -> sparse tokens).
+_C.MODEL.PIXELLLM.PROMPT_ENCODER = CfgNode()
+# Number of sparse prompt tokens per prompt (official: 5 = 2 box corners + 3 padding, or 4 corner points + 1 pad).
+_C.MODEL.PIXELLLM.PROMPT_ENCODER.NUM_TOKENS = 5
+_C.MODEL.PIXELLLM.PROMPT_ENCODER.FREEZE = True
+
+# Prompt feature extractor: SAM TwoWayTransformer with learnable query tokens (the ROIAlign-free "ROI head").
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR = CfgNode()
+# Name in PROMPT_EXTRACTOR_REGISTRY.
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.NAME = "TwoWayPromptExtractor"
+# Official release: 6 layers at width 512; the paper text: 2 layers (configs/variants/prompt_extractor_2layer.yaml).
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.DEPTH = 6
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.WIDTH = 512
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.NUM_HEADS = 8
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.MLP_DIM = 2048
+# Downsampling of the inner width of the token<->image cross attention.
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.ATTN_DOWNSAMPLE = 2
+# Learnable query tokens = visual tokens handed to the language model per prompt.
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.NUM_QUERIES = 32
+# Width of each output visual token (official: 1024, one Linear per token).
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.OUT_DIM = 1024
+
+# Language model: HF T5 as a prefix LM (encoder = [visual tokens ; context], decoder = text) with LoRA.
+_C.MODEL.PIXELLLM.LANGUAGE = CfgNode()
+# Name in LANGUAGE_MODEL_REGISTRY.
+_C.MODEL.PIXELLLM.LANGUAGE.NAME = "T5PrefixLM"
+# Architecture preset when no WEIGHTS folder is given: "flan-t5-small|base|large|xl|xxl", or "custom" (keys below).
+_C.MODEL.PIXELLLM.LANGUAGE.ARCH = "flan-t5-xl"
+# Local HF folder (config.json + weights) of a T5 checkpoint, e.g. google/flan-t5-xl downloaded elsewhere.
+# When set, its config overrides ARCH. Nothing is fetched from a hub.
+_C.MODEL.PIXELLLM.LANGUAGE.WEIGHTS = ""
+# Tokenizer: a local folder (spiece.model / tokenizer.json), "byt5" (no files), or "shapes" (the embedded
+# benchmark's word-level SentencePiece model, built by code). Empty: the WEIGHTS folder.
+_C.MODEL.PIXELLLM.LANGUAGE.TOKENIZER = ""
+# "custom" architecture: width, layers per stack, heads, head width, FFN width, vocabulary size.
+_C.MODEL.PIXELLLM.LANGUAGE.D_MODEL = 512
+_C.MODEL.PIXELLLM.LANGUAGE.NUM_LAYERS = 8
+_C.MODEL.PIXELLLM.LANGUAGE.NUM_DECODER_LAYERS = 8
+_C.MODEL.PIXELLLM.LANGUAGE.NUM_HEADS = 6
+_C.MODEL.PIXELLLM.LANGUAGE.D_KV = 64
+_C.MODEL.PIXELLLM.LANGUAGE.D_FF = 1024
+# 0: the tokenizer's size rounded up to a multiple of 128 (T5's 32128 for its SentencePiece model).
+_C.MODEL.PIXELLLM.LANGUAGE.VOCAB_SIZE = 0
+_C.MODEL.PIXELLLM.LANGUAGE.DROPOUT = 0.1
+# Freeze the base T5 weights (LoRA and the visual projection still train).
+_C.MODEL.PIXELLLM.LANGUAGE.FREEZE = True
+# Maximum context (prompt) tokens and target text tokens (official: 8/40; 32/128 for narratives and joint).
+_C.MODEL.PIXELLLM.LANGUAGE.MAX_CONTEXT_LEN = 32
+_C.MODEL.PIXELLLM.LANGUAGE.MAX_TEXT_LEN = 40
+_C.MODEL.PIXELLLM.LANGUAGE.LORA = CfgNode()
+_C.MODEL.PIXELLLM.LANGUAGE.LORA.ENABLED = True
+_C.MODEL.PIXELLLM.LANGUAGE.LORA.RANK = 32
+_C.MODEL.PIXELLLM.LANGUAGE.LORA.ALPHA = 64
+_C.MODEL.PIXELLLM.LANGUAGE.LORA.DROPOUT = 0.0
+# Regex over T5 module names: q and v of encoder self-, decoder self- and decoder cross-attention.
+_C.MODEL.PIXELLLM.LANGUAGE.LORA.TARGET_MODULES = r".*(SelfAttention|EncDecAttention)\.(q|v)$"
+# A saved PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to load. Empty: fresh LoRA.
+_C.MODEL.PIXELLLM.LANGUAGE.LORA.ADAPTER = ""
+
+# Location head: MLP on every decoder hidden state -> two corner points per token.
+_C.MODEL.PIXELLLM.LOCATION_HEAD = CfgNode()
+_C.MODEL.PIXELLLM.LOCATION_HEAD.HIDDEN_DIM = 512
+# Linear layers in the MLP (official: 4 = 3 hidden layers + output).
+_C.MODEL.PIXELLLM.LOCATION_HEAD.NUM_LAYERS = 4
+
+# Referring masks: SAM mask decoder prompted with the predicted box, plus a trainable adapter on the box tokens.
+_C.MODEL.PIXELLLM.MASK_HEAD = CfgNode()
+# Freeze SAM's mask decoder (official). Tiny configs train it: no pretrained SAM exists there.
+_C.MODEL.PIXELLLM.MASK_HEAD.FREEZE_DECODER = True
+_C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_DEPTH = 2
+_C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_NUM_HEADS = 8
+_C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_MLP_DIM = 2048
+# Training prompt for the mask decoder: "pred" (the predicted referring box, detached) or "gt" (the GT box).
+_C.MODEL.PIXELLLM.MASK_HEAD.TRAIN_PROMPT = "pred"
+
+# Context prompts handed to the T5 encoder per task (the official eval prompts).
+_C.MODEL.PIXELLLM.PROMPTS = CfgNode()
+_C.MODEL.PIXELLLM.PROMPTS.TRACE = "A long image caption: "
+_C.MODEL.PIXELLLM.PROMPTS.CAPTION = "A short image caption: "
+_C.MODEL.PIXELLLM.PROMPTS.REGION = "an object of "
+# Referring: the expression is appended to this prefix.
+_C.MODEL.PIXELLLM.PROMPTS.REFER = "where is "
+_C.MODEL.PIXELLLM.PROMPTS.DENSECAP = "an object of "
+
+# Losses (official weights).
+_C.MODEL.PIXELLLM.LOSS = CfgNode()
+_C.MODEL.PIXELLLM.LOSS.TEXT_WEIGHT = 1.0
+# GRiT-style label smoothing of the text cross-entropy.
+_C.MODEL.PIXELLLM.LOSS.LABEL_SMOOTHING = 0.1
+# L1 on per-token corner points, in pixels of the resized image (official weight 0.1).
+_C.MODEL.PIXELLLM.LOSS.POINT_WEIGHT = 0.1
+# Referring box: corner L1 (pixels) at the last word, and optional GIoU.
+_C.MODEL.PIXELLLM.LOSS.REF_BOX_WEIGHT = 0.1
+_C.MODEL.PIXELLLM.LOSS.REF_GIOU_WEIGHT = 0.0
+# Mask: sigmoid focal x20 + dice x1 + predicted-IoU MSE x1 (SAM's recipe, official weights).
+_C.MODEL.PIXELLLM.LOSS.MASK_FOCAL_WEIGHT = 20.0
+_C.MODEL.PIXELLLM.LOSS.MASK_DICE_WEIGHT = 1.0
+_C.MODEL.PIXELLLM.LOSS.MASK_IOU_WEIGHT = 1.0
+# Dense-captioning detector losses (RPN + ROI box head) are multiplied by this.
+_C.MODEL.PIXELLLM.LOSS.DET_WEIGHT = 1.0
+
+# Decoding at inference.
+_C.MODEL.PIXELLLM.DECODE = CfgNode()
+# "greedy" or "beam".
+_C.MODEL.PIXELLLM.DECODE.METHOD = "greedy"
+_C.MODEL.PIXELLLM.DECODE.NUM_BEAMS = 4
+# Length penalty exponent alpha in ((5 + L) / 6) ** alpha (official: 0.6).
+_C.MODEL.PIXELLLM.DECODE.LENGTH_PENALTY = 0.6
+# Maximum generated tokens (EOS included).
+_C.MODEL.PIXELLLM.DECODE.MAX_LEN = 40
+# GRiT trick in greedy decoding: the previous token cannot be emitted again immediately.
+_C.MODEL.PIXELLLM.DECODE.NO_IMMEDIATE_REPEAT = True
+
+# ---------------------------------------------------------------------------------------------------------------
+# INPUT
+# ---------------------------------------------------------------------------------------------------------------
+_C.INPUT = CfgNode()
+# Longest image side after resizing, in pixels; images are zero-padded to IMAGE_SIZE x IMAGE_SIZE (paper: 384).
+_C.INPUT.IMAGE_SIZE = 384
+# Channel order of decoded images handed to the model.
+_C.INPUT.FORMAT = "RGB"
+# Train-time augmentation per task: scale jitter range (multiplier of IMAGE_SIZE, then a random IMAGE_SIZE crop)
+# and horizontal flip (applied only where the text cannot name left/right).
+_C.INPUT.CAPTION = CfgNode({"SCALE_RANGE": [0.75, 1.25], "HFLIP": False})
+_C.INPUT.TRACE = CfgNode({"SCALE_RANGE": [1.0, 1.0], "HFLIP": False})
+_C.INPUT.REGION = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True})
+_C.INPUT.REFER = CfgNode({"SCALE_RANGE": [0.75, 1.25], "HFLIP": False})
+_C.INPUT.DENSECAP = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True})
+# At most this many queries (referring expressions / regions) per image in training (official: 16 expressions,
+# 100 VG regions).
+_C.INPUT.MAX_QUERIES_TRAIN = 16
+# Localized Narratives trace alignment: "official" (order-proportional) or "timestamp" (per-word time overlap).
+_C.INPUT.TRACE_ALIGNMENT = "official"
+
+# ---------------------------------------------------------------------------------------------------------------
+# DATASETS / DATALOADER
+# ---------------------------------------------------------------------------------------------------------------
+_C.DATASETS = CfgNode()
+# Names registered in DatasetCatalog.
+_C.DATASETS.TRAIN = ()
+_C.DATASETS.TEST = ()
+# Sampling weight of each training dataset (same length as TRAIN; empty = equal weights). Each batch is drawn
+# from one dataset (official batch_before_merge) unless DATALOADER.MIX_TASKS_IN_BATCH.
+_C.DATASETS.TRAIN_RATIOS = ()
+
+_C.DATALOADER = CfgNode()
+_C.DATALOADER.NUM_WORKERS = 4
+# "TrainingSampler" (infinite shuffled stream, detectron2's).
+_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
+# Group images of similar aspect ratio in a batch (unused: images are padded to a square).
+_C.DATALOADER.ASPECT_RATIO_GROUPING = False
+# Drop training images without any usable annotation.
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+# Allow one batch to hold images of several datasets/tasks (per-sample task masks weigh the losses).
+_C.DATALOADER.MIX_TASKS_IN_BATCH = False
+
+# ---------------------------------------------------------------------------------------------------------------
+# SOLVER
+# ---------------------------------------------------------------------------------------------------------------
+_C.SOLVER = CfgNode()
+_C.SOLVER.OPTIMIZER = "AdamW"
+# Images per batch over all processes.
+_C.SOLVER.IMS_PER_BATCH = 64
+_C.SOLVER.BASE_LR = 1e-4
+_C.SOLVER.MAX_ITER = 40000
+# "WarmupCosineLR" (linear warmup then cosine to 0, the official schedule) or "WarmupConstantLR".
+_C.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+_C.SOLVER.WARMUP_ITERS = 1000
+# LR multiplier at iteration 0 of the linear warmup.
+_C.SOLVER.WARMUP_FACTOR = 0.0
+_C.SOLVER.BETAS = [0.9, 0.999]
+_C.SOLVER.EPS = 1e-8
+_C.SOLVER.WEIGHT_DECAY = 0.05
+# Weight decay of normalization scales and of biases (official: none).
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
+# Layer-wise LR decay of EVA02 blocks (0.8 in the official densecap / joint recipes; 1.0 disables).
+_C.SOLVER.EVA02_LAYER_DECAY = 1.0
+# Extra LR multipliers: list of [regex over parameter names, multiplier] (official: mask adapter x10).
+_C.SOLVER.LR_MULTIPLIERS = []
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.CLIP_GRADIENTS = CfgNode()
+# The official recipes do not clip.
+_C.SOLVER.CLIP_GRADIENTS.ENABLED = False
+# "norm" (total norm of all trainable gradients) or "value".
+_C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+_C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
+_C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
+_C.SOLVER.AMP = CfgNode()
+_C.SOLVER.AMP.ENABLED = False
+# "bfloat16" (used where the device supports it) or "float16".
+_C.SOLVER.AMP.DTYPE = "bfloat16"
+# Shard parameters / gradients / optimizer state across processes (paper-scale multi-GPU training).
+_C.SOLVER.FSDP = False
+
+# ---------------------------------------------------------------------------------------------------------------
+# TEST
+# ---------------------------------------------------------------------------------------------------------------
+_C.TEST = CfgNode()
+# Evaluate DATASETS.TEST every this many iterations (0: only at the end).
+_C.TEST.EVAL_PERIOD = 0
+# Dense captioning: at most this many detections per image (official: 100).
+_C.TEST.DETECTIONS_PER_IMAGE = 100
+# Images per inference batch per process.
+_C.TEST.IMS_PER_BATCH = 8
+# Skip METEOR (needs Java) in evaluation; only when asked for.
+_C.TEST.SKIP_METEOR = False
+
+# ---------------------------------------------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------------------------------------------
+_C.OUTPUT_DIR = "./output"
+# Seed of Python, NumPy and torch RNGs; negative: a random seed (logged).
+_C.SEED = -1
+# Deterministic kernels (torch.use_deterministic_algorithms); for exact-resume checks.
+_C.DETERMINISTIC = False
+_C.CUDNN_BENCHMARK = False

@@ -1,0 +1,3 @@
+from .boxes import BoxMode, box_iou, clip_boxes, validate_boxes
+
+__all__ = ["BoxMode", "box_iou", "clip_boxes", "validate_boxes"]

@@ -1,0 +1,61 @@
+"""Box conventions.
+
+Everything inside pixelllm_d2 uses XYXY boxes in absolute pixels of the image they refer to (the original image in
+dataset dicts and model outputs, the resized image inside the model). `BoxMode` names the formats found in files so
+loaders and writers can say which one they read or write.
+"""
+from enum import IntEnum
+
+import torch
+from torchvision.ops import box_convert, box_iou
+
+__all__ = ["BoxMode", "box_iou", "clip_boxes", "validate_boxes"]
+
+
+class BoxMode(IntEnum):
+    """Box formats (detectron2's values for the modes both have)."""
+
+    XYXY_ABS = 0  # (x0, y0, x1, y1) in pixels
+    XYWH_ABS = 1  # (x0, y0, w, h) in pixels (COCO, LVIS, GRiT's VG json)
+    CXCYWH_ABS = 5  # (center x, center y, w, h) in pixels (DenseCap's Lua code)
+
+    @staticmethod
+    def convert(boxes, from_mode: "BoxMode", to_mode: "BoxMode"):
+        """Convert an (N, 4) tensor / array / list of boxes, or one box, between modes; returns the input's type."""
+        from_mode, to_mode = BoxMode(from_mode), BoxMode(to_mode)
+        if from_mode == to_mode:
+            return boxes
+        names = {BoxMode.XYXY_ABS: "xyxy", BoxMode.XYWH_ABS: "xywh", BoxMode.CXCYWH_ABS: "cxcywh"}
+        t = torch.as_tensor(boxes, dtype=torch.float64)
+        single = t.ndim == 1
+        out = box_convert(t.reshape(-1, 4), names[from_mode], names[to_mode])
+        out = out[0] if single else out
+        if isinstance(boxes, torch.Tensor):
+            return out.to(boxes.dtype)
+        if isinstance(boxes, (list, tuple)):
+            return out.tolist()
+        return out.numpy().astype(getattr(boxes, "dtype", "float64"))
+
+
+def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
+    """Clip (..., 4) XYXY boxes to [0, width] x [0, height]."""
+    x = boxes[..., 0::2].clamp(0, width)
+    y = boxes[..., 1::2].clamp(0, height)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+def validate_boxes(boxes: torch.Tensor, height: float, width: float, what: str = "boxes", tol: float = 1.0) -> None:
+    """Raise ValueError unless `boxes` is a finite (N, 4) XYXY tensor with x0 <= x1, y0 <= y1, inside the
+    `width` x `height` image up to `tol` pixels. `what` names the input in the message."""
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"{what}: expected shape (N, 4) XYXY, got {tuple(boxes.shape)}")
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"{what}: non-finite coordinates in {boxes.tolist()}")
+    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        raise ValueError(f"{what}: boxes with x1 < x0 or y1 < y0 (XYXY expected): {boxes[bad].tolist()}")
+    out = (boxes[:, :2] < -tol).any(1) | (boxes[:, 2] > width + tol) | (boxes[:, 3] > height + tol)
+    if out.any():
+        raise ValueError(
+            f"{what}: boxes outside the {width:g}x{height:g} image: {boxes[out].tolist()}"
+        )

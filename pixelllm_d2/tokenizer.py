@@ -1,0 +1,199 @@
+"""Text tokenizers shared by the data mapper (training targets) and the model (prompts, decoding).
+
+Three sources, none fetched from a hub:
+- a local folder: `tokenizer.json` (HF fast tokenizer) or `spiece.model` (T5's SentencePiece, e.g. a Flan-T5
+  checkpoint folder);
+- "byt5": the byte-level ByT5 tokenizer, which needs no file;
+- "shapes": a word-level SentencePiece model of the embedded benchmark's vocabulary, trained by code on first use
+  (deterministic: one thread, a fixed word list) and cached under `$PIXELLLM_CACHE` (default
+  `~/.cache/pixelllm_d2`).
+
+All follow T5's id convention: pad = 0 (also the decoder's start token), EOS = 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from functools import lru_cache
+from typing import List, Sequence, Tuple
+
+__all__ = ["TextTokenizer", "build_tokenizer", "train_word_sentencepiece"]
+
+# SentencePiece's word-boundary marker.
+_SP_SPACE = "\u2581"
+
+
+class TextTokenizer:
+    """A thin, uniform wrapper over a HF tokenizer.
+
+    Args:
+        hf_tokenizer: a `transformers` tokenizer whose pad id is 0 and EOS id is 1 (T5 / ByT5 convention).
+        name: where it came from, for messages.
+    """
+
+    def __init__(self, hf_tokenizer, name: str = ""):
+        self.hf = hf_tokenizer
+        self.name = name
+        self.pad_id = int(hf_tokenizer.pad_token_id)
+        self.eos_id = int(hf_tokenizer.eos_token_id)
+        unk = hf_tokenizer.unk_token_id
+        self.unk_id = -1 if unk is None else int(unk)
+        if self.pad_id != 0 or self.eos_id != 1:
+            raise ValueError(
+                f"tokenizer {name!r}: PixelLLM's T5 decoding needs pad id 0 and EOS id 1, "
+                f"got pad {self.pad_id} and EOS {self.eos_id}"
+            )
+        self.special_ids = set(int(i) for i in hf_tokenizer.all_special_ids)
+
+    def __len__(self) -> int:
+        return len(self.hf)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def encode(self, text: str, max_len: int = 0, add_eos: bool = True) -> List[int]:
+        """Token ids of `text` (no BOS). With `add_eos`, the last id is EOS even when the text is truncated to
+        `max_len` (which counts the EOS)."""
+        ids = list(self.hf(text, add_special_tokens=False).input_ids)
+        if max_len > 0:
+            ids = ids[: max_len - 1 if add_eos else max_len]
+        return ids + [self.eos_id] if add_eos else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, stopping at the first EOS; pad and other special ids dropped."""
+        return self.hf.decode(self._until_eos(ids), skip_special_tokens=True).strip()
+
+    def pieces(self, ids: Sequence[int]) -> List[str]:
+        return self.hf.convert_ids_to_tokens([int(i) for i in ids])
+
+    def _until_eos(self, ids: Sequence[int]) -> List[int]:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos_id:
+                break
+            out.append(i)
+        return out
+
+    def group_words(self, ids: Sequence[int]) -> Tuple[List[str], List[int]]:
+        """Split token ids into words.
+
+        Returns:
+            words: the words, in order.
+            token_to_word: for every id in `ids`, the index of its word, or -1 for special tokens, whitespace-only
+                tokens and everything from the first EOS on.
+        """
+        words: List[str] = []
+        token_to_word: List[int] = []
+        current: List[int] = []  # token ids of the word being built
+        ended = False
+
+        def flush():
+            if current:
+                text = self.hf.decode(current, skip_special_tokens=True).strip()
+                words.append(text)
+                current.clear()
+
+        for i in ids:
+            i = int(i)
+            if ended or i == self.eos_id:
+                ended = True
+                token_to_word.append(-1)
+                continue
+            if i in self.special_ids:
+                token_to_word.append(-1)
+                continue
+            piece = self.hf.convert_ids_to_tokens(i)
+            text = self.hf.decode([i], skip_special_tokens=True)
+            starts_word = piece.startswith(_SP_SPACE) or text[:1].isspace()
+            if not text.strip():
+                # whitespace-only token: ends the current word, belongs to none
+                flush()
+                token_to_word.append(-1)
+                continue
+            if starts_word:
+                flush()
+            current.append(i)
+            token_to_word.append(len(words))
+        flush()
+        # Tokens that decode to nothing visible can leave an empty word; drop it and renumber.
+        keep = [k for k, w in enumerate(words) if w]
+        remap = {old: new for new, old in enumerate(keep)}
+        return [words[k] for k in keep], [remap.get(t, -1) for t in token_to_word]
+
+
+def train_word_sentencepiece(words: Sequence[str]) -> bytes:
+    """A word-level SentencePiece model (T5 ids: pad 0, EOS 1, unk 2, no BOS) over `words`, serialised.
+    Deterministic for the same word list."""
+    import sentencepiece as spm
+
+    uniq = sorted(set(w for w in words if w.strip()))
+    if not uniq:
+        raise ValueError("train_word_sentencepiece: empty word list")
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(uniq),
+        model_writer=buf,
+        model_type="word",
+        vocab_size=len(uniq) + 3,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def _cache_root() -> str:
+    return os.path.expanduser(os.environ.get("PIXELLLM_CACHE", "~/.cache/pixelllm_d2"))
+
+
+def _shapes_tokenizer_dir() -> str:
+    from .data.datasets.shapes_text import vocabulary
+
+    words = vocabulary()
+    digest = hashlib.sha1("\n".join(sorted(set(words))).encode()).hexdigest()[:12]
+    folder = os.path.join(_cache_root(), "tokenizers", f"shapes-{digest}")
+    model_file = os.path.join(folder, "spiece.model")
+    if not os.path.isfile(model_file):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{model_file}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            f.write(train_word_sentencepiece(words))
+        os.replace(tmp, model_file)  # atomic: concurrent processes never read a torn file
+    return folder
+
+
+@lru_cache(maxsize=8)
+def build_tokenizer(name_or_path: str) -> TextTokenizer:
+    """Build a tokenizer from a local folder, "byt5" or "shapes" (see the module docstring)."""
+    from transformers import AutoTokenizer, ByT5Tokenizer, T5Tokenizer
+
+    if not name_or_path:
+        raise ValueError(
+            "no tokenizer configured: set MODEL.PIXELLLM.LANGUAGE.TOKENIZER (a local folder with spiece.model or "
+            "tokenizer.json, 'byt5', or 'shapes') or MODEL.PIXELLLM.LANGUAGE.WEIGHTS (a local T5 folder)"
+        )
+    if name_or_path == "byt5":
+        return TextTokenizer(ByT5Tokenizer(), name="byt5")
+    if name_or_path == "shapes":
+        return TextTokenizer(T5Tokenizer.from_pretrained(_shapes_tokenizer_dir(), extra_ids=0), name="shapes")
+    folder = os.path.expanduser(name_or_path)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(
+            f"tokenizer {name_or_path!r}: not a folder; expected a local folder with spiece.model or "
+            f"tokenizer.json (nothing is downloaded), or one of 'byt5', 'shapes'"
+        )
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        hf = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    elif os.path.isfile(os.path.join(folder, "spiece.model")):
+        hf = T5Tokenizer.from_pretrained(folder, local_files_only=True)
+    else:
+        raise FileNotFoundError(f"tokenizer folder {folder!r} holds neither tokenizer.json nor spiece.model")
+    return TextTokenizer(hf, name=folder)
