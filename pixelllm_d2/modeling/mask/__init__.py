@@ -1,0 +1,3 @@
+from .mask_head import MaskAdapter, SAMMaskHead
+
+__all__ = ["MaskAdapter", "SAMMaskHead"]

@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+
+from pixelllm_d2.modeling.backbone import DualViTBackbone, EVA02Encoder, build_sam_image_encoder
+from pixelllm_d2.modeling.language.location_head import MLPLocationHead
+from pixelllm_d2.modeling.losses import corner_l1_loss, mask_losses, text_loss
+from pixelllm_d2.modeling.prompt import SAMPromptEncoder, TwoWayPromptExtractor
+
+from .tiny import tiny_cfg
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "size, img_size, expected",
+    [("vit_h", 384, 632_469_248), ("vit_h", 1024, 637_026_048), ("vit_b", 1024, 89_670_912)],
+)
+def test_sam_encoder_parameter_counts(size, img_size, expected):
+    with torch.device("meta"):
+        enc = build_sam_image_encoder(size, img_size=img_size)
+    assert count(enc) == expected
+
+
+def test_eva02_large_parameter_count_at_384():
+    with torch.device("meta"):
+        enc = EVA02Encoder("eva02_large_patch14_448", 384)
+    assert count(enc) == 303_753_152 and enc.grid == (27, 27) and enc.out_channels == 1024
+
+
+def test_unknown_sizes_are_errors():
+    with pytest.raises(ValueError, match="unknown SAM encoder size"):
+        build_sam_image_encoder("vit_x")
+    with pytest.raises(ValueError, match="cannot build timm model"):
+        EVA02Encoder("eva02_nonexistent", 64)
+
+
+@pytest.mark.parametrize("eva", [True, False])
+def test_dual_backbone_fuses_to_one_grid(eva):
+    cfg = tiny_cfg("MODEL.PIXELLLM.EVA02.ENABLED", str(eva), "MODEL.PIXELLLM.EVA02.PATCH_SIZE", "14")
+    bb = DualViTBackbone(cfg).eval()
+    images = torch.zeros(2, 3, 64, 64)
+    images[0, :, :40, :64] = 128
+    out = bb(images, [(40, 64), (64, 30)])
+    # SAM: 64 / 16 = 4; EVA02 with 14 px patches: 64 // 14 = 4 -> one grid of 4x4
+    assert out["sam"].shape == (2, 32, 4, 4)
+    assert out["fused"].shape == (2, 32 + (32 if eva else 0), 4, 4)
+    assert bb.out_channels == out["fused"].shape[1]
+
+
+def test_padding_is_zero_after_normalisation():
+    bb = DualViTBackbone(tiny_cfg()).eval()
+    img = torch.full((1, 3, 64, 64), 200.0)
+    a = bb._normalise(img, torch.ones(1, 1, 64, 64), bb.sam_pixel_mean, bb.sam_pixel_std)
+    valid = torch.zeros(1, 1, 64, 64)
+    valid[..., :32, :] = 1
+    b = bb._normalise(img, valid, bb.sam_pixel_mean, bb.sam_pixel_std)
+    assert torch.equal(b[..., 32:, :], torch.zeros_like(b[..., 32:, :])) and torch.equal(a[..., :32, :], b[..., :32, :])
+
+
+def test_prompt_encoder_pads_to_five_tokens_and_accepts_points():
+    pe = SAMPromptEncoder(embed_dim=32, image_size=64, sam_grid=4, num_tokens=5, freeze=True)
+    boxes = pe(boxes=torch.tensor([[1.0, 2.0, 30.0, 40.0], [0, 0, 64, 64]]))
+    assert boxes.shape == (2, 5, 32)
+    assert torch.equal(boxes[:, 2:], pe.no_mask_embed.expand(2, 3, 32))
+    pts = pe(points=torch.rand(3, 2, 2) * 60)
+    assert pts.shape == (3, 5, 32)
+    many = pe(points=torch.rand(1, 7, 2) * 60)
+    assert many.shape == (1, 8, 32)  # 7 points + SAM's padding point
+    with pytest.raises(ValueError, match="exactly one"):
+        pe()
+    assert not any(p.requires_grad for p in pe.parameters())
+
+
+def test_prompt_extractor_outputs_one_token_per_query():
+    ex = TwoWayPromptExtractor(in_channels=40, prompt_dim=32, width=16, depth=2, num_heads=2, mlp_dim=32, num_queries=6, out_dim=24)
+    out = ex(torch.randn(2, 40, 4, 4), torch.tensor([0, 1, 1]), torch.randn(3, 5, 32), torch.randn(32), torch.randn(1, 32, 4, 4))
+    assert out.shape == (3, 6, 24)
+    # one Linear per token: changing token 0's weights changes only output token 0
+    with torch.no_grad():
+        before = ex(torch.ones(1, 40, 4, 4), torch.tensor([0]), torch.ones(1, 5, 32), torch.ones(32), torch.ones(1, 32, 4, 4))
+        ex.output.weight[0].add_(torch.randn_like(ex.output.weight[0]))
+        after = ex(torch.ones(1, 40, 4, 4), torch.tensor([0]), torch.ones(1, 5, 32), torch.ones(32), torch.ones(1, 32, 4, 4))
+    assert not torch.allclose(before[:, 0], after[:, 0]) and torch.equal(before[:, 1:], after[:, 1:])
+
+
+def test_location_head_maps_zero_output_to_the_image_centre():
+    head = MLPLocationHead(in_dim=8, hidden_dim=16, num_layers=4)
+    assert sum(isinstance(m, torch.nn.Linear) for m in head.modules()) == 4
+    torch.nn.init.zeros_(head.mlp[-1].weight)
+    torch.nn.init.zeros_(head.mlp[-1].bias)
+    pts = head(torch.randn(2, 3, 8), torch.tensor([[100.0, 50.0], [64.0, 48.0]]))
+    assert pts.shape == (2, 3, 2, 2)
+    assert torch.allclose(pts[0], torch.tensor([50.0, 25.0]).expand(3, 2, 2))
+    assert torch.allclose(pts[1], torch.tensor([32.0, 24.0]).expand(3, 2, 2))
+
+
+def test_text_loss_is_grit_label_smoothing():
+    logits = torch.tensor([[[2.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]]])
+    targets = torch.tensor([[2, 0]])  # second position is padding
+    loss = text_loss(logits, targets, torch.tensor([True]), smoothing=0.1)
+    logp = torch.log_softmax(logits[0, 0], -1)
+    want = -(0.9 * logp[2] + 0.1 / 3 * (logp[0] + logp[1] + logp[3]))
+    assert torch.allclose(loss, want)
+    # rows starting with EOS and invalid rows carry no loss
+    assert text_loss(logits, torch.tensor([[1, 0]]), torch.tensor([True])) == 0
+    assert text_loss(logits, targets, torch.tensor([False])) == 0
+
+
+def test_corner_l1_ignores_invalid_entries():
+    pred = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 5.0, 5.0]])
+    gt = torch.tensor([[2.0, 0.0, 10.0, 6.0], [100.0, 100.0, 100.0, 100.0]])
+    assert corner_l1_loss(pred, gt, torch.tensor([True, False])) == pytest.approx(1.5)
+
+
+def test_mask_losses_prefer_the_right_mask():
+    gt = torch.zeros(1, 8, 8, dtype=torch.bool)
+    gt[0, 2:6, 2:6] = True
+    valid = torch.ones_like(gt)
+    good = mask_losses(torch.where(gt, 8.0, -8.0), torch.tensor([1.0]), gt, valid)
+    bad = mask_losses(torch.where(gt, -8.0, 8.0), torch.tensor([1.0]), gt, valid)
+    assert good["focal"] < bad["focal"] and good["dice"] < bad["dice"] and good["iou"] < bad["iou"]
+    assert good["iou"] == pytest.approx(0.0) and bad["iou"] == pytest.approx(1.0)
+    assert math.isclose(float(good["dice"]), 0.0, abs_tol=1e-3)

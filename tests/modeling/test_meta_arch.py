@@ -1,0 +1,167 @@
+import math
+
+import pytest
+import torch
+
+from pixelllm_d2.modeling.language.location_head import points_to_boxes
+
+from .tiny import encode, make_batch, tiny_model
+
+TASKS = ["trace", "refer", "region", "caption"]
+
+
+@pytest.mark.parametrize("task", TASKS + ["mixed"])
+def test_training_losses_per_task(task):
+    model = tiny_model()
+    model.train()
+    batch = make_batch()
+    if task != "mixed":
+        batch = [x for x in batch if x["task"] == task]
+    losses = model(batch)
+    expected = {
+        "trace": {"loss_text", "loss_point"},
+        "refer": {"loss_ref_box", "loss_mask_focal", "loss_mask_dice", "loss_mask_iou"},
+        "region": {"loss_text"},
+        "caption": {"loss_text"},
+    }
+    want = set().union(*expected.values()) if task == "mixed" else expected[task]
+    assert set(losses) == want
+    assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
+
+
+def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch):
+    model = tiny_model()
+    model.train()
+    sum(model(batch).values()).backward()
+    params = dict(model.named_parameters())
+
+    def grads(prefix, lora=None):
+        sel = {n: p for n, p in params.items() if n.startswith(prefix) and (lora is None or ("lora_" in n) == lora)}
+        assert sel, prefix
+        return sel
+
+    for prefix, lora in [
+        ("language.t5", True),
+        ("language.visual_proj", None),
+        ("location_head", None),
+        ("prompt_extractor", None),
+        ("backbone.eva02", None),
+        ("mask_head.adapter", None),
+    ]:
+        sel = grads(prefix, lora)
+        with_grad = [n for n, p in sel.items() if p.grad is not None and p.grad.abs().sum() > 0]
+        assert with_grad, f"no gradient reached {prefix}"
+        assert all(p.requires_grad for p in sel.values())
+    for prefix, lora in [("backbone.sam", None), ("language.t5", False), ("prompt_encoder", None), ("mask_head.decoder", None)]:
+        for n, p in grads(prefix, lora).items():
+            assert not p.requires_grad and p.grad is None, f"frozen parameter {n} got a gradient"
+
+
+def test_task_fraction_scales_losses():
+    # Each loss is multiplied by the share of the batch carrying its task (the official per-sample task masks).
+    model = tiny_model()
+    model.train()
+    trace_only = [x for x in make_batch() if x["task"] == "trace"]
+    torch.manual_seed(0)
+    alone = model(trace_only)["loss_point"]
+    both = [x for x in make_batch() if x["task"] in ("trace", "refer")]
+    torch.manual_seed(0)
+    mixed = model(both)["loss_point"]
+    assert torch.allclose(mixed, alone / 2, rtol=1e-5)
+
+
+def test_inference_outputs_follow_the_contract(batch):
+    model = tiny_model()
+    model.eval()
+    for x in batch:
+        if x["task"] in ("region", "caption"):
+            x.pop("target_ids")
+        x.pop("token_boxes", None)
+    outs = model(batch)
+    assert [o["task"] for o in outs] == [x["task"] for x in batch]
+    for x, o in zip(batch, outs):
+        n = x["context_ids"].shape[0]
+        H, W = x["height"], x["width"]
+        assert o["pred_boxes"].shape == (n, 4) and o["scores"].shape == (n,)
+        assert len(o["captions"]) == len(o["words"]) == len(o["token_ids"]) == n
+        for ids, tb, words, wb, wp in zip(o["token_ids"], o["token_boxes"], o["words"], o["word_boxes"], o["word_points"]):
+            assert tb.shape == (len(ids), 4)
+            assert wb.shape == (len(words), 4) and wp.shape == (len(words), 2)
+            for boxes in (tb, wb, o["pred_boxes"]):
+                assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+                assert (boxes >= 0).all() and (boxes[:, 0::2] <= W).all() and (boxes[:, 1::2] <= H).all()
+    refer = outs[1]
+    assert refer["captions"] == ["the red circle", "the blue square"]
+    assert refer["pred_masks"].shape == (2, 96, 128) and refer["pred_masks"].dtype == torch.bool
+    region = outs[2]
+    assert torch.equal(region["pred_boxes"], torch.tensor([[5.0, 5.0, 30.0, 30.0]]))
+
+
+def test_referring_box_is_the_last_words_location(batch):
+    model = tiny_model()
+    model.eval()
+    out = model([batch[1]])[0]
+    for box, token_boxes in zip(out["pred_boxes"], out["token_boxes"]):
+        assert torch.allclose(box, token_boxes[-1], atol=1e-5)
+
+
+def test_point_prompts_and_whole_image_default(batch):
+    model = tiny_model()
+    model.eval()
+    x = dict(batch[2])
+    x.pop("target_ids")
+    x.pop("prompt_boxes")
+    x["prompt_points"] = torch.tensor([[[10.0, 12.0], [20.0, 22.0]]])
+    out_points = model([x])[0]
+    assert len(out_points["captions"]) == 1
+    y = dict(batch[3])
+    y.pop("target_ids")
+    y.pop("prompt_boxes")  # no prompt: the whole image is the box prompt
+    out_default = model([y])[0]
+    assert torch.equal(out_default["pred_boxes"], torch.tensor([[0.0, 0.0, 64.0, 48.0]]))
+
+
+@pytest.mark.parametrize(
+    "mutate, error, message",
+    [
+        (lambda x: x.update(image=x["image"].float()), TypeError, "uint8"),
+        (lambda x: x.update(image=torch.zeros(4, 48, 64, dtype=torch.uint8)), ValueError, "(3, h, w)"),
+        (lambda x: x.update(image=torch.zeros(3, 48, 128, dtype=torch.uint8)), ValueError, "longest side"),
+        (lambda x: x.update(prompt_boxes=torch.tensor([[5.0, 5.0, 90.0, 30.0]])), ValueError, "outside"),
+        (lambda x: x.update(prompt_boxes=torch.tensor([[30.0, 5.0, 5.0, 30.0]])), ValueError, "x1 < x0"),
+        (lambda x: x.update(prompt_boxes=torch.tensor([[5.0, float("nan"), 9.0, 30.0]])), ValueError, "non-finite"),
+        (lambda x: x.update(task="segment"), ValueError, "task"),
+    ],
+)
+def test_bad_inputs_name_the_problem(batch, mutate, error, message):
+    model = tiny_model()
+    model.eval()
+    x = batch[2]
+    mutate(x)
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        model([x])
+
+
+def test_empty_referring_expression_is_an_error(batch):
+    model = tiny_model()
+    model.train()
+    x = batch[1]
+    x["target_ids"] = torch.stack([encode(""), encode("the blue square")])
+    with pytest.raises(ValueError, match="empty referring expression"):
+        model([x])
+
+
+def test_beam_and_greedy_both_decode(batch):
+    model = tiny_model()
+    model.eval()
+    x = batch[3]
+    x.pop("target_ids")
+    greedy = model.inference([x])[0]
+    beam = model.inference([x], decode=dict(method="beam", num_beams=3))[0]
+    for out in (greedy, beam):
+        assert len(out["token_ids"][0]) <= 8 and math.isfinite(float(out["scores"][0]))
+
+
+def test_points_to_boxes_orders_corners():
+    pts = torch.tensor([[[10.0, 40.0], [2.0, 5.0]]])
+    assert torch.equal(points_to_boxes(pts), torch.tensor([[2.0, 5.0, 10.0, 40.0]]))
