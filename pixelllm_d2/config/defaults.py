@@ -49,14 +49,14 @@ _C.MODEL.PROPOSAL_GENERATOR = CfgNode()
 # Name in PROPOSAL_GENERATOR_REGISTRY; used only when MODEL.DENSECAP_ON.
 _C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
 
-# Anchors of the RPN, one tuple of sizes (pixels of the padded input) per pyramid level.
+# Anchors of the RPN, one list of sizes (pixels of the padded input) per pyramid level.
 _C.MODEL.ANCHOR_GENERATOR = CfgNode()
-_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[16, 24], [32, 48], [64, 96], [128, 192], [256, 384]]
 # Aspect ratios (h / w) of the anchors, shared by all levels.
 _C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
 
 _C.MODEL.RPN = CfgNode()
-# Pyramid levels the RPN reads, named "p2".."p6" (strides 4..64 of the padded input at paper scale).
+# Pyramid levels the RPN reads (MODEL.PIXELLLM.PYRAMID.NAMES; paper scale: strides ~7, 14, 28, 57, 114 px).
 _C.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
 # Number of conv layers in the RPN head before the objectness / delta predictors.
 _C.MODEL.RPN.NUM_CONVS = 1
@@ -93,6 +93,8 @@ _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
 # Test: drop detections below this score, NMS at this IoU, keep at most TEST.DETECTIONS_PER_IMAGE.
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+# Width of the MLP that reads a proposal's (mean-pooled) visual tokens and predicts its objectness and box deltas.
+_C.MODEL.ROI_HEADS.BOX_HEAD_DIM = 256
 # Box-delta weights (wx, wy, ww, wh) of the refinement head.
 _C.MODEL.ROI_HEADS.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
 # Final detection score: "det" (official: the detection score alone) or "det_x_caption"
@@ -221,6 +223,17 @@ _C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_NUM_HEADS = 8
 _C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_MLP_DIM = 2048
 # Training prompt for the mask decoder: "pred" (the predicted referring box, detached) or "gt" (the GT box).
 _C.MODEL.PIXELLLM.MASK_HEAD.TRAIN_PROMPT = "pred"
+
+# ViTDet simple feature pyramid on the fused map, for the dense-captioning RPN.
+_C.MODEL.PIXELLLM.PYRAMID = CfgNode()
+# Resampling factors of the levels built from the map, finest first (2: deconvolution, 1: identity, 0.5: max-pool).
+_C.MODEL.PIXELLLM.PYRAMID.SCALES = [2.0, 1.0, 0.5]
+# Extra coarser levels, each a stride-2 conv on the previous one.
+_C.MODEL.PIXELLLM.PYRAMID.NUM_TOP_BLOCKS = 2
+# Level names, finest first (MODEL.RPN.IN_FEATURES picks from them).
+_C.MODEL.PIXELLLM.PYRAMID.NAMES = ["p2", "p3", "p4", "p5", "p6"]
+# Channels of every level.
+_C.MODEL.PIXELLLM.PYRAMID.OUT_CHANNELS = 256
 
 # Context prompts handed to the T5 encoder per task (the official eval prompts).
 _C.MODEL.PIXELLLM.PROMPTS = CfgNode()

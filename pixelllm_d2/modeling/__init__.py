@@ -1,5 +1,5 @@
 """Model components. Importing this package registers every builtin component in its registry."""
-from . import backbone, language, mask, prompt  # noqa: F401  (registration)
+from . import backbone, language, mask, prompt, proposal, roi_heads  # noqa: F401  (registration)
 from .build import (
     BACKBONE_REGISTRY,
     LANGUAGE_MODEL_REGISTRY,

@@ -7,7 +7,8 @@ from pixelllm_d2.config import get_cfg
 from pixelllm_d2.modeling import build_model
 from pixelllm_d2.tokenizer import build_tokenizer
 
-TINY_CFG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny", "pixelllm_tiny.yaml")
+REPO_CFG_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
+TINY_CFG = os.path.join(REPO_CFG_DIR, "tiny", "pixelllm_tiny.yaml")
 
 
 def tiny_cfg(*opts):

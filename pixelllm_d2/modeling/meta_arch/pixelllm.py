@@ -52,6 +52,8 @@ class PixelLLM(nn.Module):
             "mask_iou", "det"}.
         decode: {"method": "greedy"|"beam", "num_beams", "length_penalty", "max_len", "no_immediate_repeat"}.
         mask_train_prompt: "pred" (detached predicted box) or "gt".
+        densecap_score: final dense-caption score, "det" (official) or "det_x_caption" (sqrt(det * exp(mean
+            caption log-prob)), detections re-ranked by it).
         sam_checkpoint, eva02_checkpoint: component weights loaded by `load_component_weights()`.
     """
 
@@ -75,6 +77,7 @@ class PixelLLM(nn.Module):
         loss_weights: Dict[str, float] = None,
         decode: Dict = None,
         mask_train_prompt: str = "pred",
+        densecap_score: str = "det",
         sam_checkpoint: str = "",
         eva02_checkpoint: str = "",
     ):
@@ -101,6 +104,9 @@ class PixelLLM(nn.Module):
         if mask_train_prompt not in ("pred", "gt"):
             raise ValueError(f"mask_train_prompt must be 'pred' or 'gt', got {mask_train_prompt!r}")
         self.mask_train_prompt = mask_train_prompt
+        if densecap_score not in ("det", "det_x_caption"):
+            raise ValueError(f"dense-caption score must be 'det' or 'det_x_caption', got {densecap_score!r}")
+        self.densecap_score = densecap_score
         self.sam_checkpoint = sam_checkpoint
         self.eva02_checkpoint = eva02_checkpoint
         self._tokenizer = None
@@ -117,7 +123,7 @@ class PixelLLM(nn.Module):
             from ..proposal import build_proposal_generator
             from ..roi_heads import build_roi_heads
 
-            proposal_generator = build_proposal_generator(cfg, backbone.out_channels, backbone.grid)
+            proposal_generator = build_proposal_generator(cfg, backbone.out_channels)
             roi_heads = build_roi_heads(cfg)
         return dict(
             backbone=backbone,
@@ -152,6 +158,7 @@ class PixelLLM(nn.Module):
                 no_immediate_repeat=p.DECODE.NO_IMMEDIATE_REPEAT,
             ),
             mask_train_prompt=p.MASK_HEAD.TRAIN_PROMPT,
+            densecap_score=cfg.MODEL.ROI_HEADS.SCORE_MODE,
             sam_checkpoint=p.SAM.CHECKPOINT,
             eva02_checkpoint=p.EVA02.CHECKPOINT if p.EVA02.ENABLED else "",
         )
@@ -207,6 +214,16 @@ class PixelLLM(nn.Module):
             sizes.append((int(h), int(w)))
         return images, sizes
 
+    def encode_boxes(self, fused: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Visual tokens (K, num_queries, out_dim) for K box prompts (resized pixels) on images `image_index`."""
+        pe = self.prompt_encoder
+        return self.prompt_extractor(fused, image_index, pe(boxes=boxes), pe.no_mask_embed, pe.dense_pe(tuple(fused.shape[-2:])))
+
+    def context_ids(self, task: str, n: int) -> torch.Tensor:
+        """(n, C) the tokenised context prompt of `task`, repeated."""
+        ids = self.tokenizer.encode(self.prompts[task], self.max_context_len)
+        return torch.tensor(ids, dtype=torch.long, device=self.device).expand(n, -1)
+
     def encode_prompts(self, fused: torch.Tensor, q: Queries) -> torch.Tensor:
         """Visual tokens (Q, num_queries, out_dim) for the queries' box / point prompts."""
         pe = self.prompt_encoder
@@ -256,19 +273,20 @@ class PixelLLM(nn.Module):
         losses: Dict[str, torch.Tensor] = {}
 
         q = gather_queries(batched_inputs, self.device, require_targets=True)
-        if any(t == "densecap" for t in tasks):
-            if self.roi_heads is None:
-                raise ValueError("a 'densecap' input reached a model built without MODEL.DENSECAP_ON")
-            det_losses, det_q = self.roi_heads.forward_train(self, feats, batched_inputs)
-            frac = sum(t == "densecap" for t in tasks) / num_images
-            losses.update({k: v * self.loss_weights["det"] * frac for k, v in det_losses.items()})
-            q = det_q if len(q) == 0 else _cat_queries(q, det_q)
+        visual = self.encode_prompts(feats["fused"], q) if len(q) else None
+        dense = [i for i, t in enumerate(tasks) if t == "densecap"]
+        if dense:
+            det_losses, det_q, det_visual = self._densecap_train(feats["fused"], batched_inputs, dense, sizes)
+            frac_det = len(dense) / num_images
+            losses.update({k: v * self.loss_weights["det"] * frac_det for k, v in det_losses.items()})
+            if len(det_q):
+                q = det_q if len(q) == 0 else _cat_queries(q, det_q)
+                visual = det_visual if visual is None else torch.cat([visual, det_visual])
         if len(q) == 0:
             zero = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
             losses.setdefault("loss_text", zero)
             return losses
 
-        visual = self.encode_prompts(feats["fused"], q)
         enc_h, enc_m = self.language.encode(visual, q.context_ids)
         dec_in = F.pad(q.target_ids[:, :-1], (1, 0), value=0)  # BOS = pad id 0, T5 convention
         hidden, logits, _ = self.language.decode(enc_h, enc_m, dec_in)
@@ -302,6 +320,72 @@ class PixelLLM(nn.Module):
             if self.mask_head is not None and q.gt_masks is not None:
                 losses.update(self._mask_train_losses(feats, q, refer, ref_pred, visual, hidden, dec_in, f))
         return losses
+
+    def _require_densecap(self):
+        if self.roi_heads is None or self.proposal_generator is None:
+            raise ValueError("a 'densecap' input reached a model built without MODEL.DENSECAP_ON")
+
+    def _densecap_train(self, fused, batched_inputs, dense, sizes):
+        """Detector losses, plus caption queries (foreground proposals with their matched GT's caption)."""
+        self._require_densecap()
+        gt_boxes, gt_text = [], []
+        for i in dense:
+            x = batched_inputs[i]
+            if "gt_boxes" not in x or "gt_target_ids" not in x:
+                raise ValueError(f"input {i} ({x.get('file_name', 'no file_name')}): 'densecap' training needs gt_boxes and gt_target_ids")
+            gt_boxes.append(torch.as_tensor(x["gt_boxes"], dtype=torch.float32, device=self.device).reshape(-1, 4))
+            gt_text.append(torch.as_tensor(x["gt_target_ids"], dtype=torch.long, device=self.device))
+        proposals, losses = self.proposal_generator(fused[dense], [sizes[i] for i in dense], gt_boxes)
+        # proposals are per densecap image; the prompt extractor indexes the full batch
+        roi_losses, cap = self.roi_heads.forward_train(proposals, gt_boxes, dense, lambda idx, b: self.encode_boxes(fused, idx, b))
+        losses.update(roi_losses)
+        n = len(cap["boxes"])
+        pos = {img: k for k, img in enumerate(dense)}
+        rows = [gt_text[pos[int(i)]][int(j)] for i, j in zip(cap["image_index"], cap["gt_index"])]
+        wh = torch.tensor([[sizes[int(i)][1], sizes[int(i)][0]] for i in cap["image_index"]], dtype=torch.float32, device=self.device)
+        q = Queries(
+            image_index=cap["image_index"],
+            image_wh=wh.reshape(n, 2),
+            boxes=cap["boxes"],
+            has_points=torch.zeros(n, dtype=torch.bool, device=self.device),
+            points=None,
+            point_labels=None,
+            context_ids=self.context_ids("densecap", n),
+            target_ids=pad_stack([r[None] for r in rows], 0) if rows else torch.zeros(0, 1, dtype=torch.long, device=self.device),
+            token_boxes=None,
+            ref_boxes=None,
+            gt_masks=None,
+            task=["densecap"] * n,
+        )
+        return losses, q, cap["visual"]
+
+    def _densecap_inference(self, fused, dense, sizes, dec) -> List[Dict]:
+        """Detect, then caption every kept box of every image in one batched, KV-cached decode."""
+        self._require_densecap()
+        sub_sizes = [sizes[i] for i in dense]
+        proposals, _ = self.proposal_generator(fused[dense], sub_sizes)
+        encode = lambda idx, b: self.encode_boxes(fused, idx, b)  # noqa: E731
+        dets = self.roi_heads.detect(proposals, sub_sizes, dense, encode)
+        counts = [len(b) for b, _ in dets]
+        outs = [dict(per_query=[], pred_boxes=b, scores=s) for b, s in dets]
+        if sum(counts) == 0:
+            return outs
+        boxes = torch.cat([b for b, _ in dets])
+        img = torch.cat([torch.full((n,), i, dtype=torch.long, device=self.device) for i, n in zip(dense, counts)])
+        wh = torch.tensor([[sizes[i][1], sizes[i][0]] for i in img.tolist()], dtype=torch.float32, device=self.device)
+        enc_h, enc_m = self.language.encode(encode(img, boxes), self.context_ids("densecap", len(boxes)))
+        caps = self.decode_captions(enc_h, enc_m, wh, dec)
+        start = 0
+        for out, n in zip(outs, counts):
+            out["per_query"] = caps[start : start + n]
+            start += n
+            if self.densecap_score == "det_x_caption" and n:
+                cap_p = torch.tensor([c["score"] for c in out["per_query"]], device=self.device).exp()
+                out["scores"] = (out["scores"] * cap_p).sqrt()
+                order = out["scores"].argsort(descending=True)
+                out["scores"], out["pred_boxes"] = out["scores"][order], out["pred_boxes"][order]
+                out["per_query"] = [out["per_query"][k] for k in order.tolist()]
+        return outs
 
     def _mask_train_losses(self, feats, q, refer, ref_pred, visual, hidden, dec_in, frac):
         has_mask = torch.tensor([m is not None for m in q.gt_masks], device=refer.device) & refer
@@ -357,9 +441,7 @@ class PixelLLM(nn.Module):
                     results[i].update(self._collect(batched_inputs[i], [per_query[k] for k in ks], q.select(torch.tensor(ks, device=self.device))))
         dense = [i for i, x in enumerate(batched_inputs) if x["task"] == "densecap"]
         if dense:
-            if self.roi_heads is None:
-                raise ValueError("a 'densecap' input reached a model built without MODEL.DENSECAP_ON")
-            for i, out in zip(dense, self.roi_heads.inference(self, feats, batched_inputs, dense, dec)):
+            for i, out in zip(dense, self._densecap_inference(feats["fused"], dense, sizes, dec)):
                 results[i].update(self._collect(batched_inputs[i], out["per_query"], None, out))
         for i, x in enumerate(batched_inputs):
             if len(results[i]) == 1:  # no queries at all
@@ -473,8 +555,8 @@ class PixelLLM(nn.Module):
                 masks.append(self._paste_mask(r["mask_logits"], (h, w), (H, W)))
                 mask_scores.append(r["mask_score"])
         if extra is not None and "pred_boxes" in extra:
-            out["pred_boxes"] = extra["pred_boxes"].cpu()
-            out["scores"] = extra["scores"].cpu()
+            out["pred_boxes"] = to_orig(extra["pred_boxes"]).cpu()
+            out["scores"] = extra["scores"].float().cpu()
         else:
             out["pred_boxes"] = torch.stack(pred_boxes).cpu() if pred_boxes else torch.zeros(0, 4)
             out["scores"] = torch.tensor(scores, dtype=torch.float32)
