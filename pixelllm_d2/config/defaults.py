@@ -106,6 +106,10 @@ _C.MODEL.ROI_HEADS.SCORE_MODE = "det"
 # ---------------------------------------------------------------------------------------------------------------
 _C.MODEL.PIXELLLM = CfgNode()
 
+# If non-empty, only parameters whose names start with one of these prefixes train; all others are frozen on top
+# of the per-component FREEZE keys (official refseg stage: ["mask_head.adapter", "location_head"]).
+_C.MODEL.PIXELLLM.TRAINABLE_ONLY = []
+
 # SAM image encoder (segment_anything's ImageEncoderViT), run at INPUT.IMAGE_SIZE.
 _C.MODEL.PIXELLLM.SAM = CfgNode()
 # "vit_h", "vit_l", "vit_b" (SAM's sizes), "tiny", or "custom" (the keys below).

@@ -54,12 +54,12 @@ def build_t5_config(arch: str, weights: str = "", vocab_size: int = 32128, dropo
         config.dropout_rate = dropout
         return config
     if arch == "custom":
-        sizes = dict(custom or {})
-    elif arch in T5_PRESETS:
-        sizes = dict(T5_PRESETS[arch])
-    else:
+        # Trained from scratch: tie the output head to the embeddings with T5's d_model ** -0.5 output scaling,
+        # which keeps the initial logits small (an untied head initialised like the embeddings does not).
+        return T5Config(vocab_size=vocab_size, dropout_rate=dropout, **dict(_T5_V11, tie_word_embeddings=True), **(custom or {}))
+    if arch not in T5_PRESETS:
         raise ValueError(f"unknown T5 architecture {arch!r}; choose one of {sorted(T5_PRESETS)} or 'custom'")
-    return T5Config(vocab_size=vocab_size, dropout_rate=dropout, **_T5_V11, **sizes)
+    return T5Config(vocab_size=vocab_size, dropout_rate=dropout, **_T5_V11, **T5_PRESETS[arch])
 
 
 # transformers 5 renamed the decoder's `past_key_values` argument to `cache`.

@@ -55,6 +55,7 @@ class PixelLLM(nn.Module):
         densecap_score: final dense-caption score, "det" (official) or "det_x_caption" (sqrt(det * exp(mean
             caption log-prob)), detections re-ranked by it).
         sam_checkpoint, eva02_checkpoint: component weights loaded by `load_component_weights()`.
+        trainable_only: if given, only parameters whose names start with one of these prefixes train.
     """
 
     @configurable
@@ -80,6 +81,7 @@ class PixelLLM(nn.Module):
         densecap_score: str = "det",
         sam_checkpoint: str = "",
         eva02_checkpoint: str = "",
+        trainable_only: Tuple[str, ...] = (),
     ):
         super().__init__()
         self.backbone = backbone
@@ -110,6 +112,11 @@ class PixelLLM(nn.Module):
         self.sam_checkpoint = sam_checkpoint
         self.eva02_checkpoint = eva02_checkpoint
         self._tokenizer = None
+        if trainable_only:
+            prefixes = tuple(trainable_only)
+            for name, p in self.named_parameters():
+                if not name.startswith(prefixes):
+                    p.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg):
@@ -161,6 +168,7 @@ class PixelLLM(nn.Module):
             densecap_score=cfg.MODEL.ROI_HEADS.SCORE_MODE,
             sam_checkpoint=p.SAM.CHECKPOINT,
             eva02_checkpoint=p.EVA02.CHECKPOINT if p.EVA02.ENABLED else "",
+            trainable_only=tuple(p.TRAINABLE_ONLY),
         )
 
     # ---------------------------------------------------------------------------------------------- set-up
