@@ -255,6 +255,9 @@ _C.MODEL.PIXELLLM.LOSS.TEXT_WEIGHT = 1.0
 _C.MODEL.PIXELLLM.LOSS.LABEL_SMOOTHING = 0.1
 # L1 on per-token corner points, in pixels of the resized image (official weight 0.1).
 _C.MODEL.PIXELLLM.LOSS.POINT_WEIGHT = 0.1
+# Region and dense captions: every token's location is trained towards the region's GT box (official
+# get_gt_points_from_boxes), with POINT_WEIGHT.
+_C.MODEL.PIXELLLM.LOSS.REGION_POINTS = True
 # Referring box: corner L1 (pixels) at the last word, and optional GIoU.
 _C.MODEL.PIXELLLM.LOSS.REF_BOX_WEIGHT = 0.1
 _C.MODEL.PIXELLLM.LOSS.REF_GIOU_WEIGHT = 0.0

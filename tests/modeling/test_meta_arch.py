@@ -21,7 +21,7 @@ def test_training_losses_per_task(task):
     expected = {
         "trace": {"loss_text", "loss_point"},
         "refer": {"loss_ref_box", "loss_mask_focal", "loss_mask_dice", "loss_mask_iou"},
-        "region": {"loss_text"},
+        "region": {"loss_text", "loss_point"},
         "caption": {"loss_text"},
     }
     want = set().union(*expected.values()) if task == "mixed" else expected[task]
@@ -55,6 +55,21 @@ def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch):
     for prefix, lora in [("backbone.sam", None), ("language.t5", False), ("prompt_encoder", None), ("mask_head.decoder", None)]:
         for n, p in grads(prefix, lora).items():
             assert not p.requires_grad and p.grad is None, f"frozen parameter {n} got a gradient"
+
+
+def test_region_tokens_are_located_at_the_region_box():
+    # official get_gt_points_from_boxes: every token of a region caption is trained towards the region's box
+    model = tiny_model()
+    from pixelllm_d2.modeling.meta_arch.queries import gather_queries
+
+    region = [x for x in make_batch() if x["task"] == "region"]
+    q = gather_queries(region, model.device, require_targets=True)
+    gt, valid, _ = model._token_targets(q)
+    n = int(((q.target_ids != 0) & (q.target_ids != 1)).sum())
+    assert int(valid.sum()) == n == 3  # "small red circle", EOS excluded
+    assert torch.equal(gt[valid], torch.tensor([[5.0, 5.0, 30.0, 30.0]]).expand(n, 4))
+    off = tiny_model("MODEL.PIXELLLM.LOSS.REGION_POINTS", "False")
+    assert not off._token_targets(q)[1].any()
 
 
 def test_task_fraction_scales_losses():

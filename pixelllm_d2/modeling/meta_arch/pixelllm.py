@@ -54,6 +54,7 @@ class PixelLLM(nn.Module):
         mask_train_prompt: "pred" (detached predicted box) or "gt".
         densecap_score: final dense-caption score, "det" (official) or "det_x_caption" (sqrt(det * exp(mean
             caption log-prob)), detections re-ranked by it).
+        region_points: supervise every token of a region / dense caption with the region's GT box (official).
         sam_checkpoint, eva02_checkpoint: component weights loaded by `load_component_weights()`.
         trainable_only: if given, only parameters whose names start with one of these prefixes train.
     """
@@ -79,6 +80,7 @@ class PixelLLM(nn.Module):
         decode: Dict = None,
         mask_train_prompt: str = "pred",
         densecap_score: str = "det",
+        region_points: bool = True,
         sam_checkpoint: str = "",
         eva02_checkpoint: str = "",
         trainable_only: Tuple[str, ...] = (),
@@ -109,6 +111,7 @@ class PixelLLM(nn.Module):
         if densecap_score not in ("det", "det_x_caption"):
             raise ValueError(f"dense-caption score must be 'det' or 'det_x_caption', got {densecap_score!r}")
         self.densecap_score = densecap_score
+        self.region_points = region_points
         self.sam_checkpoint = sam_checkpoint
         self.eva02_checkpoint = eva02_checkpoint
         self._tokenizer = None
@@ -166,6 +169,7 @@ class PixelLLM(nn.Module):
             ),
             mask_train_prompt=p.MASK_HEAD.TRAIN_PROMPT,
             densecap_score=cfg.MODEL.ROI_HEADS.SCORE_MODE,
+            region_points=p.LOSS.REGION_POINTS,
             sam_checkpoint=p.SAM.CHECKPOINT,
             eva02_checkpoint=p.EVA02.CHECKPOINT if p.EVA02.ENABLED else "",
             trainable_only=tuple(p.TRAINABLE_ONLY),
@@ -307,12 +311,10 @@ class PixelLLM(nn.Module):
         if text_rows.any():
             losses["loss_text"] = lw["text"] * frac(*TEXT_TASKS) * text_loss(logits, q.target_ids, text_rows, lw["label_smoothing"])
         corners = self._token_corners(hidden, q.image_wh)
-        # Token j of the target is the decoder input at position j + 1; its location is read there.
-        if q.token_boxes is not None:
-            gt = q.token_boxes[:, :-1]
-            valid = (gt.abs().sum(-1) > 0) & q.task_mask("trace")[:, None]
-            if valid.any():
-                losses["loss_point"] = lw["point"] * frac("trace") * corner_l1_loss(corners[:, 1:], gt, valid)
+        gt, valid, point_tasks = self._token_targets(q)
+        if valid.any():
+            # Token j of the target is the decoder input at position j + 1; its location is read there.
+            losses["loss_point"] = lw["point"] * frac(*point_tasks) * corner_l1_loss(corners[:, 1:], gt[:, :-1], valid[:, :-1])
         refer = q.task_mask("refer")
         if refer.any():
             if q.ref_boxes is None:
@@ -328,6 +330,24 @@ class PixelLLM(nn.Module):
             if self.mask_head is not None and q.gt_masks is not None:
                 losses.update(self._mask_train_losses(feats, q, refer, ref_pred, visual, hidden, dec_in, f))
         return losses
+
+    def _token_targets(self, q: Queries):
+        """Per-token location targets (Q, T, 4) and their validity (Q, T): the trace boxes of `trace` queries and,
+        when `region_points`, the region's GT box for every token of a `region` / `densecap` caption (the official
+        `get_gt_points_from_boxes`). Returns the tasks that carry them too."""
+        t = q.target_ids.shape[1]
+        gt = q.token_boxes if q.token_boxes is not None else q.boxes.new_zeros(len(q), t, 4)
+        valid = (gt.abs().sum(-1) > 0) & q.task_mask("trace")[:, None]
+        tasks = ("trace",)
+        if self.region_points:
+            real = (q.target_ids != 0) & (q.target_ids != self.tokenizer.eos_id)
+            region = q.task_mask("region")[:, None] & real
+            gt = torch.where(region[..., None], q.boxes[:, None, :].expand(-1, t, -1), gt)
+            # densecap captions carry their matched GT box in token_boxes (set by _densecap_train)
+            dense = q.task_mask("densecap")[:, None] & real & (gt.abs().sum(-1) > 0)
+            valid = valid | region | dense
+            tasks = ("trace", "region", "densecap")
+        return gt, valid, tasks
 
     def _require_densecap(self):
         if self.roi_heads is None or self.proposal_generator is None:
@@ -351,6 +371,10 @@ class PixelLLM(nn.Module):
         pos = {img: k for k, img in enumerate(dense)}
         rows = [gt_text[pos[int(i)]][int(j)] for i, j in zip(cap["image_index"], cap["gt_index"])]
         wh = torch.tensor([[sizes[int(i)][1], sizes[int(i)][0]] for i in cap["image_index"]], dtype=torch.float32, device=self.device)
+        target = pad_stack([r[None] for r in rows], 0) if rows else torch.zeros(0, 1, dtype=torch.long, device=self.device)
+        matched = torch.stack([gt_boxes[pos[int(i)]][int(j)] for i, j in zip(cap["image_index"], cap["gt_index"])]) if rows else cap["boxes"]
+        real = (target != 0) & (target != self.tokenizer.eos_id)
+        token_boxes = matched[:, None, :] * real[..., None].to(matched.dtype)
         q = Queries(
             image_index=cap["image_index"],
             image_wh=wh.reshape(n, 2),
@@ -359,8 +383,8 @@ class PixelLLM(nn.Module):
             points=None,
             point_labels=None,
             context_ids=self.context_ids("densecap", n),
-            target_ids=pad_stack([r[None] for r in rows], 0) if rows else torch.zeros(0, 1, dtype=torch.long, device=self.device),
-            token_boxes=None,
+            target_ids=target,
+            token_boxes=token_boxes,
             ref_boxes=None,
             gt_masks=None,
             task=["densecap"] * n,
