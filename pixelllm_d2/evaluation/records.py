@@ -78,8 +78,14 @@ def _box_mode(rec: dict, box_format: Optional[str], where: str) -> BoxMode:
 
 
 def _to_xywh(boxes: Any, mode: BoxMode, scale: float, where: str, single: bool) -> Any:
-    arr = np.asarray(boxes, dtype=np.float64) if len(boxes) else np.zeros((0, 4))
-    if arr.shape != ((4,) if single else (arr.shape[0], 4)) or not np.isfinite(arr).all():
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged lists, strings
+        arr = np.full(1, np.nan)
+    if not single and arr.size == 0:
+        arr = arr.reshape(0, 4)
+    shaped = arr.shape == (4,) if single else (arr.ndim == 2 and arr.shape[1] == 4)
+    if not shaped or not np.isfinite(arr).all():
         raise ValueError(f"{where}: expected {'4 finite numbers' if single else 'a list of 4-number boxes'}, "
                          f"got {boxes!r}")
     if mode == BoxMode.XYWH_ABS and scale == 1.0:

@@ -1,10 +1,9 @@
 """Score prediction records against ground truth: the one path shared by the evaluators of eval-only runs and by
 `tools/evaluate.py`, so a saved `predictions.json` scores exactly as the run that wrote it.
 
-A scorer (`DenseCapScorer`, `ReferScorer`, `LocaScorer`, `TraceScorer`, `CaptionScorer`) is built from the ground
-truth (the json object of `ground_truth.py`) and the prediction records (`records.py`), does the per-image work
-once, and exposes `image_ids` (the images it scores) and `score(image_ids) -> {metric: value}` over any multiset
-of them; bootstrap resampling uses the latter.
+Each task has a `scorer.Scorer` (`DenseCapScorer`, `ReferScorer`, `LocaScorer`, `TraceScorer`, `CaptionScorer`):
+built from the ground truth and the prediction records, it scores any multiset of the images, which bootstrap
+resampling uses.
 """
 import logging
 from collections import OrderedDict

@@ -145,6 +145,7 @@ def test_results_are_gathered_across_processes(tmp_path):
 def test_build_evaluator_chooses_by_metadata(tmp_path, evaluator_type, cls):
     cfg = get_cfg()
     cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.TEST.SKIP_METEOR = True
     dicts = refer_dicts() if evaluator_type in ("refer", "loca") else [
         {"image_id": 1, "height": 10, "width": 10,
          "annotations": [{"bbox": [0, 0, 5, 5], "bbox_mode": BoxMode.XYXY_ABS, "caption": "a", "id": 3}]}]
@@ -152,6 +153,7 @@ def test_build_evaluator_chooses_by_metadata(tmp_path, evaluator_type, cls):
                                 dataset_dicts=dicts)
     assert type(evaluator) is cls
     assert evaluator._output_dir == os.path.join(str(tmp_path), "inference", "some_test")
+    assert evaluator._skip_meteor
 
 
 def test_build_evaluator_rejects_unknown_types():
