@@ -69,6 +69,8 @@ class Meteor:
         try:
             return self._impl.compute_score(gts, res)
         except (ValueError, BrokenPipeError) as e:
+            if self._impl.lock.locked():  # the wrapper's destructor takes this lock: a held one would hang at exit
+                self._impl.lock.release()
             proc = self._impl.meteor_p
             proc.kill()
             err = proc.stderr.read().decode(errors="replace")[-2000:]

@@ -103,3 +103,13 @@ def test_java_missing_is_a_clear_error(monkeypatch):
                              [{"image_id": 1, "caption": "a"}], skip_meteor=True)
     with pytest.raises(RuntimeError, match="METEOR.*needs Java"):
         text_metrics.Meteor()
+
+
+def test_a_dead_meteor_process_is_a_clear_error_not_a_hang():
+    from pixelllm_d2.evaluation.text_metrics import Meteor
+
+    with Meteor() as m:
+        m._impl.meteor_p.kill()
+        m._impl.meteor_p.wait()
+        with pytest.raises(RuntimeError, match="METEOR's Java process failed"):
+            m.score(["a"], [["a"]])
