@@ -1,0 +1,51 @@
+"""Reading and atomically writing the json files of an evaluation, and the results table of the log."""
+import json
+import math
+import os
+import tempfile
+from typing import Any, Dict, Mapping
+
+from tabulate import tabulate
+
+__all__ = ["load_json", "write_json_atomic", "results_table", "json_ready"]
+
+
+def load_json(path: str, what: str = "file") -> Any:
+    """Parse the json file `path`; errors name the file and say it is the `what` (e.g. "ground truth")."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path!r} is not valid json: {e}") from e
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write `obj` as json to `path` through a temporary file in the same folder and `os.replace`, so a killed
+    run leaves either the old file or the complete new one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def results_table(results: Mapping[str, float], title: str = "") -> str:
+    """A readable two-column table of a flat results dict (percent metrics as printed; floats to 4 decimals)."""
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in results.items()]
+    table = tabulate(rows, headers=["metric", "value"], tablefmt="pipe", colalign=("left", "right"))
+    return f"{title}\n{table}" if title else table
+
+
+def json_ready(results: Mapping[str, Any]) -> Dict[str, Any]:
+    """`results` with numpy scalars turned into Python numbers (json cannot write numpy types)."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in results.items()}
