@@ -8,7 +8,7 @@ VG json for densecap and VG loca, the refer json for refer and RefCOCOg loca, th
 the trace json for trace; an eval-only run writes the file it used as `groundtruth.json`. --pred is a COCO-style
 list of records (`image_id`, `bbox`, `score`, `caption`, ...; `pixelllm_d2/evaluation/records.py`), ours or
 another system's: records without `bbox_mode` need --box-format, and boxes in a resized frame (GRiT / DenseCap:
-longest side 720) need --pred-longest-side. Metrics are percentages, except point_l1 (units of the image size).
+longest side 720) need --pred-longest-side. Metrics are fractions (0-1; CIDEr may exceed 1), point_l1 is in units of the image size.
 """
 import argparse
 import logging
@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
         pred_longest_side=args.pred_longest_side, repeats=args.repeats, seed=args.seed,
         gt_source=args.gt, pred_source=args.pred,
     ))
-    logger.info(results_table(results, f"{args.task} metrics of {args.pred} (percent except point_l1):"))
+    logger.info(results_table(results, f"{args.task} metrics of {args.pred} (fractions; point_l1 in image-size units):"))
     for key in [k[: -len("_boot_mean")] for k in results if k.endswith("_boot_mean")]:
         logger.info(f"{key} = {results[key + '_boot_mean']:.4f} ± {results[key + '_boot_std']:.4f} (bootstrap mean ± "
                     f"std over {args.repeats} resamples of the images, seed {args.seed})")

@@ -3,7 +3,8 @@
 - `inference_on_dataset(model, data_loader, evaluator)` runs a model and feeds a `DatasetEvaluator`;
   `build_evaluator(cfg, dataset_name)` picks the evaluator of a dataset from its metadata.
 - `evaluate_predictions(task, gt, predictions)` scores saved prediction records (what `tools/evaluate.py` runs).
-Metrics are percentages, except `point_l1` (a distance in units of the image size).
+Metrics are fractions on pycocoevalcap's / the protocols' 0-1 scale (CIDEr may exceed 1), and `point_l1` is a
+distance in units of the image size. Log tables also show them in percent.
 """
 from .build import EVALUATOR_TYPES, build_evaluator
 from .evaluator import DatasetEvaluator, DatasetEvaluators, inference_context, inference_on_dataset

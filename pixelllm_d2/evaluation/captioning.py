@@ -1,5 +1,5 @@
 """Caption metrics of location-conditioned captioning (`loca`) and image captioning (`caption`): BLEU-4, METEOR,
-ROUGE-L, CIDEr with pycocoevalcap after PTB tokenization, in percent.
+ROUGE-L, CIDEr with pycocoevalcap after PTB tokenization, on its 0-1 scale.
 
 - loca: every GT region (VG: a region id, one caption) or expression (RefCOCOg: a sent id, one sentence) is its own
   item, captioned from its GT box; no merging. Predictions name their item by `region_id` or `sent_id`.
@@ -35,7 +35,7 @@ class _TextScorer(Scorer):
         self.image_ids = [image_id for image_id, pairs in self._items.items() if pairs]
 
     def score(self, image_ids: Sequence[Any]) -> Dict[str, float]:
-        """BLEU-4, METEOR (when a Meteor was given), ROUGE-L, CIDEr in percent over the items of `image_ids`."""
+        """BLEU-4, METEOR (when a Meteor was given), ROUGE-L, CIDEr (0-1 scale) over the items of `image_ids`."""
         pairs = [pair for image_id in image_ids for pair in self._items[image_id]]
         return caption_metrics([h for h, _ in pairs], [r for _, r in pairs], self.meteor)
 

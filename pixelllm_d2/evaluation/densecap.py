@@ -172,7 +172,7 @@ class DenseCapScorer(Scorer):
                 self._per_image[image_id]["meteor"][i] = value
 
     def score(self, image_ids: Sequence[Any]) -> Dict[str, float]:
-        """mAP (with METEOR), mAP_detection, and the AP of every threshold pair, in percent, over `image_ids`."""
+        """mAP (with METEOR), mAP_detection, and the AP of every threshold pair, as fractions in [0, 1], over `image_ids`."""
         parts = [self._per_image[i] for i in image_ids]
         cat = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros(0)
                for k in ("scores", "matched", "iou", "meteor")}
@@ -182,10 +182,10 @@ class DenseCapScorer(Scorer):
         results, per_pair, detection = {}, {}, {}
         for t in IOU_THRESHOLDS:
             hit = matched & (iou >= t)
-            detection[f"mAP_detection_iou{t:.1f}"] = 100.0 * average_precision(hit, num_positives)
+            detection[f"mAP_detection_iou{t:.1f}"] = average_precision(hit, num_positives)
             if self.meteor is not None:
                 for m in METEOR_THRESHOLDS:
-                    per_pair[f"mAP_iou{t:.1f}_meteor{m:.2f}"] = 100.0 * average_precision(
+                    per_pair[f"mAP_iou{t:.1f}_meteor{m:.2f}"] = average_precision(
                         hit & (np.nan_to_num(meteor, nan=-1.0) > m), num_positives
                     )
         if self.meteor is not None:

@@ -107,8 +107,7 @@ class _TaskEvaluator(DatasetEvaluator):
         if self._output_dir:
             write_json_atomic(os.path.join(self._output_dir, "results.json"), results)
             logger.info(f"Wrote predictions.json, groundtruth.json and results.json to {self._output_dir}")
-        logger.info(results_table(results, f"Evaluation of {self._dataset_name} ({self.task}, percent except "
-                                           "point_l1):"))
+        logger.info(results_table(results, f"Evaluation of {self._dataset_name} ({self.task}):"))
         return results
 
 

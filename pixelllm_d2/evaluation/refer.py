@@ -4,7 +4,7 @@
 - `mask_cIoU`: sum over expressions of the mask intersections / sum of the unions (the official README's number).
 - `mask_mIoU`: mean over expressions of the mask IoU (the official `seg_gIoU`).
 - `mask_P@0.5`: share of expressions whose mask IoU is strictly > 0.5 (the official `seg_AP`).
-All in percent. Masks are scored as COCO RLEs in original pixels (pycocotools); an expression whose prediction and
+All fractions in [0, 1]. Masks are scored as COCO RLEs in original pixels (pycocotools); an expression whose prediction and
 GT masks are both empty has IoU 0, as in the official code. An expression without a prediction counts as a miss
 (box IoU 0, empty mask) and is logged.
 """
@@ -96,15 +96,15 @@ class ReferScorer(Scorer):
                            "as misses")
 
     def score(self, image_ids: Sequence[Any]) -> Dict[str, float]:
-        """P@0.5 and, with masks, mask_cIoU, mask_mIoU, mask_P@0.5, in percent, over the expressions of `image_ids`."""
+        """P@0.5 and, with masks, mask_cIoU, mask_mIoU, mask_P@0.5, as fractions, over the expressions of `image_ids`."""
         rows = np.concatenate([self._per_image[i] for i in image_ids]) if image_ids else np.zeros((0, 3))
         if not len(rows):
             raise ValueError("refer: no expressions to score")
-        results = {"P@0.5": 100.0 * float(np.mean(rows[:, 0] > 0.5))}
+        results = {"P@0.5": float(np.mean(rows[:, 0] > 0.5))}
         if self.with_masks:
             inter, union = rows[:, 1], rows[:, 2]
             iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-            results["mask_cIoU"] = 100.0 * float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
-            results["mask_mIoU"] = 100.0 * float(iou.mean())
-            results["mask_P@0.5"] = 100.0 * float(np.mean(iou > 0.5))
+            results["mask_cIoU"] = float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
+            results["mask_mIoU"] = float(iou.mean())
+            results["mask_P@0.5"] = float(np.mean(iou > 0.5))
         return results

@@ -40,9 +40,14 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def results_table(results: Mapping[str, float], title: str = "") -> str:
-    """A readable two-column table of a flat results dict (percent metrics as printed; floats to 4 decimals)."""
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in results.items()]
-    table = tabulate(rows, headers=["metric", "value"], tablefmt="pipe", colalign=("left", "right"))
+    """A readable table of a flat results dict: each value as stored (fractions; `point_l1` in image-size units,
+    4 decimals) and, for the fractions, in percent."""
+
+    def pct(k, v):
+        return f"{100 * v:.2f}" if isinstance(v, float) and math.isfinite(v) and k != "point_l1" and "boot_std" not in k else ""
+
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v, pct(k, v)) for k, v in results.items()]
+    table = tabulate(rows, headers=["metric", "value", "%"], tablefmt="pipe", colalign=("left", "right", "right"))
     return f"{title}\n{table}" if title else table
 
 

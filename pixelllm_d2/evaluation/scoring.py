@@ -85,7 +85,7 @@ def evaluate_predictions(
         gt_source, pred_source: name the inputs in errors.
 
     Returns:
-        flat ordered dict metric -> value (percent, except `point_l1`).
+        flat ordered dict metric -> value (fractions; `point_l1` in units of the image size).
     """
     if task not in SCORERS:
         raise ValueError(f"unknown task {task!r}; known: {sorted(SCORERS)}")

@@ -130,7 +130,7 @@ def caption_metrics(
     hypotheses: Sequence[str], references: Sequence[Sequence[str]], meteor: Optional[Meteor] = None
 ) -> Dict[str, float]:
     """BLEU-4, ROUGE-L, CIDEr (CIDEr-D, sigma 6) and, given a `Meteor`, METEOR of already tokenized captions
-    (see `ptb_tokenize`), as COCOEvalCap computes them, in percent.
+    (see `ptb_tokenize`), as COCOEvalCap computes them (its 0-1 scale; CIDEr may exceed 1).
 
     Args:
         hypotheses: N tokenized strings, one per item (an image, a region, ...).
@@ -138,7 +138,7 @@ def caption_metrics(
         meteor: an open `Meteor`, or None to leave METEOR out.
 
     Returns:
-        {"BLEU-4", "METEOR" (only with `meteor`), "ROUGE-L", "CIDEr"} -> value x 100.
+        {"BLEU-4", "METEOR" (only with `meteor`), "ROUGE-L", "CIDEr"} -> value (COCOEvalCap scale).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -155,4 +155,4 @@ def caption_metrics(
         results["METEOR"] = meteor.score(hypotheses, references)[0]
     results["ROUGE-L"] = Rouge().compute_score(gts, res)[0]
     results["CIDEr"] = Cider().compute_score(gts, res)[0]
-    return {k: 100.0 * float(v) for k, v in results.items()}
+    return {k: float(v) for k, v in results.items()}

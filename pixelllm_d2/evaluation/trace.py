@@ -4,7 +4,7 @@ For every valid token of a narrative (teacher-forced on the GT text; valid = its
 the 2 predicted corner points (x0, y0), (x1, y1) takes the L1 distance (|dx| + |dy|) / 2 to the nearest of the
 token's 2 GT corner points, coordinates normalised by the image width and height; the token's error is the mean
 over the 2 predicted points. An image's error is the mean over its valid tokens (all its narratives together);
-`point_l1` is the mean over images, in units of the image size (0 = perfect, not a percentage). Images without a
+`point_l1` is the mean over images, in units of the image size (0 = perfect). Images without a
 valid token are left out (the official code would average in a 0 for them).
 """
 import logging

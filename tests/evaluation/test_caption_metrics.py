@@ -17,12 +17,12 @@ def test_ptb_tokenizer_lowercases_strips_punctuation_and_keeps_empty_lines():
 @pytest.mark.parametrize("hyps, refs, expected", [
     # Identical captions with no word shared between items: every n-gram has IDF log(2), CIDEr-D = 10 per item.
     (["a red car parked outside", "two dogs play in snow"], [["a red car parked outside"], ["two dogs play in snow"]],
-     {"BLEU-4": 100.0, "METEOR": 100.0, "ROUGE-L": 100.0, "CIDEr": 1000.0}),
+     {"BLEU-4": 1.0, "METEOR": 1.0, "ROUGE-L": 1.0, "CIDEr": 10.0}),
     (["qwerty zxcv"], [["a red car parked outside"]], {"METEOR": 0.0, "ROUGE-L": 0.0, "CIDEr": 0.0}),
     # ROUGE-L: LCS 3 of 4 words both ways -> F = 0.75.
-    (["a b c d"], [["a b x d"]], {"ROUGE-L": 75.0}),
+    (["a b c d"], [["a b x d"]], {"ROUGE-L": 0.75}),
     # BLEU-4: all n-grams match, brevity penalty exp(1 - 8 / 4).
-    (["one two three four"], [["one two three four five six seven eight"]], {"BLEU-4": 100 * math.exp(-1)}),
+    (["one two three four"], [["one two three four five six seven eight"]], {"BLEU-4": math.exp(-1)}),
 ])
 def test_caption_metrics_hand_values(meteor, hyps, refs, expected):
     results = caption_metrics(hyps, refs, meteor)
@@ -51,10 +51,10 @@ def test_loca_each_region_is_its_own_item_and_missing_ones_score_empty(shared_me
         results = evaluate_predictions("loca", gt, preds)
     assert "1 of 3 GT items (region_id) have no prediction" in caplog.text
     # ROUGE-L: 1, 1, 0 (empty caption); METEOR of the third is 0 as well.
-    assert results["ROUGE-L"] == pytest.approx(200 / 3, abs=1e-4)
-    assert 0 < results["METEOR"] < 100 and 0 < results["CIDEr"]
+    assert results["ROUGE-L"] == pytest.approx(2 / 3, abs=1e-6)
+    assert 0 < results["METEOR"] < 1 and 0 < results["CIDEr"]
     full = evaluate_predictions("loca", gt, preds + [loca_pred(13, 2, "a white clock")])
-    assert full["ROUGE-L"] == pytest.approx(100.0) and full["METEOR"] == pytest.approx(100.0)
+    assert full["ROUGE-L"] == pytest.approx(1.0) and full["METEOR"] == pytest.approx(1.0)
 
 
 def test_loca_with_refer_ground_truth_uses_sent_ids(shared_meteor):
@@ -64,7 +64,7 @@ def test_loca_with_refer_ground_truth_uses_sent_ids(shared_meteor):
     preds = [{"image_id": 5, "sent_id": 1, "bbox": [0, 0, 5, 5], "bbox_mode": "XYWH_ABS", "caption": "left cat"},
              {"image_id": 5, "sent_id": 2, "bbox": [0, 0, 5, 5], "bbox_mode": "XYWH_ABS", "caption": "cat on left"}]
     results = evaluate_predictions("loca", gt, preds, skip_meteor=True)
-    assert "METEOR" not in results and results["ROUGE-L"] == pytest.approx(100.0)
+    assert "METEOR" not in results and results["ROUGE-L"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("preds, message", [
@@ -88,8 +88,8 @@ def test_coco_captions_scores_one_caption_per_image(shared_meteor, caplog):
     with caplog.at_level(logging.WARNING):
         results = evaluate_predictions("caption", gt, preds)
     assert "1 images have no GT caption" in caplog.text
-    assert results["BLEU-4"] == pytest.approx(100.0) and results["METEOR"] == pytest.approx(100.0)
-    assert results["ROUGE-L"] == pytest.approx(100.0)
+    assert results["BLEU-4"] == pytest.approx(1.0) and results["METEOR"] == pytest.approx(1.0)
+    assert results["ROUGE-L"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="second prediction for image_id 1"):
         evaluate_predictions("caption", gt, preds + [{"image_id": 1, "caption": "x"}], skip_meteor=True)
 

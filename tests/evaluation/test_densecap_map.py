@@ -67,22 +67,22 @@ def test_max_iou_rule_and_strict_meteor_threshold(fake_meteor):
     meteor = fake_meteor({"p1": 0.1})
     results = DenseCapScorer(gt, preds, meteor).score([1])
     # Only the matched pair is scored; p2's max-IoU GT is taken, so it is unmatched (COCO matching would give it
-    # g2 at IoU 0.333 and AP 100 at t = 0.3).
+    # g2 at IoU 0.333 and AP 1 at t = 0.3).
     assert meteor.calls == [(["p1"], [["g1"]])]
     for t in IOU_THRESHOLDS:
-        assert results[f"mAP_detection_iou{t:.1f}"] == pytest.approx(51.0)
+        assert results[f"mAP_detection_iou{t:.1f}"] == pytest.approx(0.51)
         for m in METEOR_THRESHOLDS:  # METEOR 0.1 passes m = 0 and 0.05 only (strictly greater)
-            assert results[f"mAP_iou{t:.1f}_meteor{m:.2f}"] == pytest.approx(51.0 if m < 0.1 else 0.0)
-    assert results["mAP_detection"] == pytest.approx(51.0)
-    assert results["mAP"] == pytest.approx(17.0)
+            assert results[f"mAP_iou{t:.1f}_meteor{m:.2f}"] == pytest.approx(0.51 if m < 0.1 else 0.0)
+    assert results["mAP_detection"] == pytest.approx(0.51)
+    assert results["mAP"] == pytest.approx(0.17)
 
 
 def test_iou_threshold_is_inclusive(fake_meteor):
     gt = vg_gt([(1, [0, 0, 10, 10], "g")])
     results = DenseCapScorer(gt, [pred(1, [0, 0, 10, 5], 1.0, "p")], fake_meteor({"p": 1.0})).score([1])  # IoU 0.5
-    assert [results[f"mAP_detection_iou{t:.1f}"] for t in IOU_THRESHOLDS] == pytest.approx([100, 100, 100, 0, 0])
-    assert results["mAP_detection"] == pytest.approx(60.0)
-    assert results["mAP"] == pytest.approx(60.0)
+    assert [results[f"mAP_detection_iou{t:.1f}"] for t in IOU_THRESHOLDS] == pytest.approx([1, 1, 1, 0, 0])
+    assert results["mAP_detection"] == pytest.approx(0.6)
+    assert results["mAP"] == pytest.approx(0.6)
 
 
 def test_duplicate_detection_is_a_false_positive():
@@ -90,7 +90,7 @@ def test_duplicate_detection_is_a_false_positive():
     preds = [pred(1, [0, 0, 10, 10], 0.9, "a"), pred(1, [0, 0, 10, 10], 0.8, "a"), pred(1, [50, 50, 10, 10], 0.7, "b")]
     results = DenseCapScorer(gt, preds, None).score([1])
     assert "mAP" not in results  # no METEOR: detection metrics only
-    assert results["mAP_detection"] == pytest.approx((51 + 49 * 2 / 3))
+    assert results["mAP_detection"] == pytest.approx((51 + 49 * 2 / 3) / 100)
 
 
 def test_images_without_gt_or_predictions():
@@ -98,15 +98,15 @@ def test_images_without_gt_or_predictions():
     gt = vg_gt([(1, [0, 0, 10, 10], "g"), (3, [0, 0, 10, 10], "g")], images=[1, 2, 3])
     preds = [pred(2, [0, 0, 10, 10], 0.9, "p"), pred(3, [0, 0, 10, 10], 0.5, "p")]
     results = DenseCapScorer(gt, preds, None).score([1, 2, 3])
-    assert results["mAP_detection"] == pytest.approx(25.5)  # precision 0.5 up to recall 0.5, positives = 2
+    assert results["mAP_detection"] == pytest.approx(0.255)  # precision 0.5 up to recall 0.5, positives = 2
     assert DenseCapScorer(gt, [], None).score([1, 2, 3])["mAP_detection"] == 0.0
 
 
 def test_equal_scores_follow_ground_truth_image_order():
     anns = [(2, [0, 0, 10, 10], "g")]
     preds = [pred(1, [50, 50, 10, 10], 0.5, "p"), pred(2, [0, 0, 10, 10], 0.5, "p")]
-    assert DenseCapScorer(vg_gt(anns, images=[1, 2]), preds, None).score([1, 2])["mAP_detection"] == pytest.approx(50)
-    assert DenseCapScorer(vg_gt(anns, images=[2, 1]), preds, None).score([2, 1])["mAP_detection"] == pytest.approx(100)
+    assert DenseCapScorer(vg_gt(anns, images=[1, 2]), preds, None).score([1, 2])["mAP_detection"] == pytest.approx(0.5)
+    assert DenseCapScorer(vg_gt(anns, images=[2, 1]), preds, None).score([2, 1])["mAP_detection"] == pytest.approx(1.0)
 
 
 def test_empty_gt_caption_scores_the_official_empty_pair(fake_meteor):
@@ -124,21 +124,21 @@ def test_real_meteor_identical_unrelated_and_empty_captions(shared_meteor):
     captions = ["a red car on the street", "a man riding a horse", "anything at all", "a white clock"]
     identical = [pred(i, b, s, c) for (i, b, s), c in zip(boxes, captions)]
     results = evaluate_predictions("densecap", gt, identical)
-    assert results["mAP"] == pytest.approx(100.0) and results["mAP_detection"] == pytest.approx(100.0)
+    assert results["mAP"] == pytest.approx(1.0) and results["mAP_detection"] == pytest.approx(1.0)
 
     # Unrelated captions: only the match of the empty GT caption passes, as ("EMPTY", ["EMPTY"]) has METEOR 1;
     # it is third by score: precision 1/3 up to recall 0.25 (26 of the 100 levels).
     unrelated = [dict(p, caption=c) for p, c in zip(identical, ["green", "sky", "x", "blue"])]
     results = evaluate_predictions("densecap", gt, unrelated)
-    assert results["mAP_detection"] == pytest.approx(100.0)
-    assert results["mAP"] == pytest.approx(26 / 3)
+    assert results["mAP_detection"] == pytest.approx(1.0)
+    assert results["mAP"] == pytest.approx(26 / 300)
 
     # Empty predicted captions have METEOR 0, which fails even m = 0. Without the empty GT, the prediction on its
     # box overlaps no GT of image 2 (unmatched): TP, TP, FP, TP over 3 positives.
     no_empty_gt = {**gt, "annotations": [a for a in gt["annotations"] if a["caption"]]}
     results = evaluate_predictions("densecap", no_empty_gt, [dict(p, caption="") for p in identical])
     assert results["mAP"] == 0.0
-    assert results["mAP_detection"] == pytest.approx(34 + 33 + 33 * 0.75)
+    assert results["mAP_detection"] == pytest.approx((34 + 33 + 33 * 0.75) / 100)
 
 
 def test_skip_meteor_needs_no_java(monkeypatch):
@@ -147,7 +147,7 @@ def test_skip_meteor_needs_no_java(monkeypatch):
     monkeypatch.setattr(text_metrics.shutil, "which", lambda name: None)
     gt = vg_gt([(1, [0, 0, 10, 10], "g")])
     results = evaluate_predictions("densecap", gt, [pred(1, [0, 0, 10, 10], 1.0, "g")], skip_meteor=True)
-    assert results["mAP_detection"] == 100.0 and "mAP" not in results
+    assert results["mAP_detection"] == 1.0 and "mAP" not in results
     with pytest.raises(RuntimeError, match="apt-get install openjdk-17-jre-headless"):
         evaluate_predictions("densecap", gt, [pred(1, [0, 0, 10, 10], 1.0, "g")])
 

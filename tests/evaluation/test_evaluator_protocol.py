@@ -96,10 +96,10 @@ def test_refer_evaluator_on_dataset_dicts(tmp_path):
         inp, out = refer_batch(image_id, box)
         evaluator.process([inp], [out])
     results = evaluator.evaluate()
-    assert results["P@0.5"] == pytest.approx(50.0)
-    assert results["mask_mIoU"] == pytest.approx(100 * (1 + 0.5 + 0.6 + 0.25) / 4)
-    assert results["mask_cIoU"] == pytest.approx(100 * (100 + 50 + 60 + 100) / (100 + 100 + 100 + 400))
-    assert results["mask_P@0.5"] == pytest.approx(50.0)
+    assert results["P@0.5"] == pytest.approx(0.5)
+    assert results["mask_mIoU"] == pytest.approx((1 + 0.5 + 0.6 + 0.25) / 4)
+    assert results["mask_cIoU"] == pytest.approx((100 + 50 + 60 + 100) / (100 + 100 + 100 + 400))
+    assert results["mask_P@0.5"] == pytest.approx(0.5)
     assert json.loads((tmp_path / "results.json").read_text()) == results
     records = json.loads((tmp_path / "predictions.json").read_text())
     assert len(records) == 8 and all(r["bbox_mode"] == "XYWH_ABS" for r in records)
@@ -134,8 +134,8 @@ def test_results_are_gathered_across_processes(tmp_path):
     finally:
         child.join(timeout=120)
     assert child.exitcode == 0
-    assert results["P@0.5"] == pytest.approx(50.0)
-    assert results["mask_mIoU"] == pytest.approx(100 * (1 + 0.5 + 0.6 + 0.25) / 4)
+    assert results["P@0.5"] == pytest.approx(0.5)
+    assert results["mask_mIoU"] == pytest.approx((1 + 0.5 + 0.6 + 0.25) / 4)
     assert len(json.loads((tmp_path / "predictions.json").read_text())) == 8
 
 

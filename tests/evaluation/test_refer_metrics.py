@@ -39,7 +39,7 @@ def pred(sent_id, image_id, box, mask=None):
 def test_iou_exactly_half_is_not_a_hit():
     gt = refer_gt([(1, 1, [0, 0, 10, 10], None), (2, 1, [0, 0, 10, 10], None)])
     preds = [pred(1, 1, [0, 0, 10, 5]), pred(2, 1, [0, 0, 10, 5.01])]  # IoU 0.5 and 0.501
-    assert evaluate_predictions("refer", gt, preds) == {"P@0.5": 50.0}
+    assert evaluate_predictions("refer", gt, preds) == {"P@0.5": 0.5}
 
 
 def test_cumulative_and_mean_iou_differ():
@@ -52,10 +52,10 @@ def test_cumulative_and_mean_iou_differ():
     preds = [pred(1, 1, [0, 0, 2, 2], rect_mask(40, 40, 0, 0, 2, 2)),
              pred(2, 2, [0, 0, 20, 10], rect_mask(40, 40, 10, 0, 20, 30))]
     results = evaluate_predictions("refer", gt, preds)
-    assert results["P@0.5"] == 100.0
-    assert results["mask_cIoU"] == pytest.approx(100 * 104 / 404)
-    assert results["mask_mIoU"] == pytest.approx(100 * (1 + 0.25) / 2)
-    assert results["mask_P@0.5"] == pytest.approx(50.0)
+    assert results["P@0.5"] == 1.0
+    assert results["mask_cIoU"] == pytest.approx(104 / 404)
+    assert results["mask_mIoU"] == pytest.approx((1 + 0.25) / 2)
+    assert results["mask_P@0.5"] == pytest.approx(0.5)
 
 
 def test_missing_prediction_counts_as_a_miss(caplog):
@@ -64,12 +64,12 @@ def test_missing_prediction_counts_as_a_miss(caplog):
     with caplog.at_level(logging.WARNING, logger="pixelllm_d2.evaluation.refer"):
         results = evaluate_predictions("refer", gt, [pred(1, 1, [0, 0, 10, 10], rect_mask(40, 40, 0, 0, 10, 10))])
     assert "1 of 2 expressions have no prediction" in caplog.text
-    assert results == pytest.approx({"P@0.5": 50.0, "mask_cIoU": 50.0, "mask_mIoU": 50.0, "mask_P@0.5": 50.0})
+    assert results == pytest.approx({"P@0.5": 0.5, "mask_cIoU": 0.5, "mask_mIoU": 0.5, "mask_P@0.5": 0.5})
 
 
 def test_box_only_predictions_give_box_metrics_only():
     gt = refer_gt([(1, 1, [0, 0, 10, 10], [[0, 0, 10, 0, 10, 10, 0, 10]])])
-    assert evaluate_predictions("refer", gt, [pred(1, 1, [0, 0, 10, 10])]) == {"P@0.5": 100.0}
+    assert evaluate_predictions("refer", gt, [pred(1, 1, [0, 0, 10, 10])]) == {"P@0.5": 1.0}
 
 
 @pytest.mark.parametrize("preds, message", [
@@ -91,10 +91,10 @@ def test_bootstrap_is_seeded_and_degenerate_sets_have_zero_spread():
     b = evaluate_predictions("refer", gt, preds, repeats=20, seed=3)
     c = evaluate_predictions("refer", gt, preds, repeats=20, seed=4)
     assert a == b and a["P@0.5_boot_mean"] != c["P@0.5_boot_mean"]
-    assert a["P@0.5"] == 50.0 and 0 < a["P@0.5_boot_std"] < 50 and 0 <= a["P@0.5_boot_mean"] <= 100
+    assert a["P@0.5"] == 0.5 and 0 < a["P@0.5_boot_std"] < 0.5 and 0 <= a["P@0.5_boot_mean"] <= 1
     assert a["bootstrap_repeats"] == 20 and a["bootstrap_seed"] == 3
     same = evaluate_predictions("refer", gt, [pred(i, i, [0, 0, 10, 10]) for i in range(1, 9)], repeats=5, seed=0)
-    assert same["P@0.5_boot_mean"] == 100.0 and same["P@0.5_boot_std"] == 0.0
+    assert same["P@0.5_boot_mean"] == 1.0 and same["P@0.5_boot_std"] == 0.0
     with pytest.raises(ValueError, match="at least 2 repeats"):
         evaluate_predictions("refer", gt, preds, repeats=1)
     np.testing.assert_allclose(a["P@0.5_boot_std"], b["P@0.5_boot_std"])
