@@ -65,29 +65,23 @@ def summarize_traces(
     points = np.asarray(points, dtype=np.float64)
     order = np.argsort(points[:, 2], kind="stable")
     x, y, t = points[order, 0], points[order, 1], points[order, 2]
-    out = []
-    for utt in timed_caption:
-        ts = np.linspace(float(utt["start_time"]), float(utt["end_time"]), num=num_samples)
-        xs = _interp_extrapolate(ts, t, x)
-        ys = _interp_extrapolate(ts, t, y)
-        duration = ts[-1] - ts[0]
-        if duration < 1e-5:
-            cx, cy = xs.mean(), ys.mean()
-        else:
-            cx = np.trapezoid(xs, ts) / duration
-            cy = np.trapezoid(ys, ts) / duration
-        clip = lambda a: np.clip(a, 0.0, 1.0)  # noqa: E731
-        out.append(
-            {
-                "utterance": utt["utterance"],
-                "start_time": float(utt["start_time"]),
-                "end_time": float(utt["end_time"]),
-                "box": clip([xs.min(), ys.min(), xs.max(), ys.max()]).tolist(),
-                "center": clip([cx, cy]).tolist(),
-                "points": clip(np.stack([xs, ys], axis=1)).tolist(),
-            }
-        )
-    return out
+    starts = np.array([float(u["start_time"]) for u in timed_caption])
+    ends = np.array([float(u["end_time"]) for u in timed_caption])
+    ts = np.linspace(starts, ends, num=num_samples, axis=1)  # [U, S], all utterances at once
+    xs = _interp_extrapolate(ts.ravel(), t, x).reshape(ts.shape)
+    ys = _interp_extrapolate(ts.ravel(), t, y).reshape(ts.shape)
+    duration = ts[:, -1] - ts[:, 0]
+    instant = duration < 1e-5
+    safe = np.where(instant, 1.0, duration)
+    cx = np.where(instant, xs.mean(1), np.trapezoid(xs, ts, axis=1) / safe)
+    cy = np.where(instant, ys.mean(1), np.trapezoid(ys, ts, axis=1) / safe)
+    boxes = np.clip(np.stack([xs.min(1), ys.min(1), xs.max(1), ys.max(1)], axis=1), 0.0, 1.0).tolist()
+    centers = np.clip(np.stack([cx, cy], axis=1), 0.0, 1.0).tolist()
+    samples = np.clip(np.stack([xs, ys], axis=2), 0.0, 1.0).tolist()
+    return [
+        {"utterance": u["utterance"], "start_time": float(s), "end_time": float(e), "box": b, "center": c, "points": p}
+        for u, s, e, b, c, p in zip(timed_caption, starts, ends, boxes, centers, samples)
+    ]
 
 
 def _valid_utterances(utterances: Sequence[dict]) -> np.ndarray:

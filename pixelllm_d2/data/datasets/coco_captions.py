@@ -5,7 +5,7 @@ from typing import List, Optional
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..validation import ValidationReport, caption_problem, check_text, require_fields
 from .builtin_meta import evaluator_type_of
-from .common import finish_load, index_images, load_json
+from .common import finish_load, load_coco_style
 
 __all__ = ["load_coco_captions_json", "register_coco_captions"]
 
@@ -25,8 +25,7 @@ def load_coco_captions_json(
         One dict per image that has at least one usable caption, in the json's image order.
     """
     report = report if report is not None else ValidationReport(dataset_name or json_file)
-    data = load_json(json_file, ("images", "annotations"))
-    images = index_images(data["images"], json_file, image_root, report)
+    data, images = load_coco_style(json_file, image_root, report)
     captions = {k: [] for k in images}
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"

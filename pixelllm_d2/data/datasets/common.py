@@ -2,7 +2,7 @@
 import json
 import logging
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from ..validation import (
     DatasetFileError,
@@ -58,6 +58,12 @@ def index_images(images: list, json_file: str, image_root: str, report: Validati
             "width": img["width"],
         }
     return out
+
+
+def load_coco_style(json_file: str, image_root: str, report: ValidationReport) -> Tuple[dict, Dict[object, dict]]:
+    """Parse a COCO-style json (lists "images" and "annotations") and index its images (`index_images`)."""
+    data = load_json(json_file, ("images", "annotations"))
+    return data, index_images(data["images"], json_file, image_root, report)
 
 
 def finish_load(report: ValidationReport, dataset_name: Optional[str], num_records: int) -> None:

@@ -29,16 +29,17 @@ def _trace_points(traces) -> np.ndarray:
     """[[{x, y, t}]] -> float [P, 3]; raises ValueError naming what is wrong."""
     if not isinstance(traces, list) or not all(isinstance(seg, list) for seg in traces):
         raise ValueError("traces must be a list of lists of {x, y, t}")
-    pts = []
-    for si, seg in enumerate(traces):
-        for pi, p in enumerate(seg):
-            if not isinstance(p, dict) or not all(k in p for k in "xyt"):
-                raise ValueError(f"traces[{si}][{pi}] is not an {{x, y, t}} point")
-            vals = [p["x"], p["y"], p["t"]]
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
-                raise ValueError(f"traces[{si}][{pi}] has non-finite values {vals}")
-            pts.append(vals)
-    return np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+    try:
+        pts = np.array([[p["x"], p["y"], p["t"]] for seg in traces for p in seg], dtype=np.float64).reshape(-1, 3)
+    except (TypeError, KeyError, ValueError):
+        pts = None
+    if pts is None or not np.isfinite(pts).all():
+        for si, seg in enumerate(traces):  # slow path: find the offending point
+            for pi, p in enumerate(seg):
+                vals = [p.get(k) for k in "xyt"] if isinstance(p, dict) else None
+                if vals is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+                    raise ValueError(f"traces[{si}][{pi}] is not a finite {{x, y, t}} point: {p!r}")
+    return pts
 
 
 def _timed_caption(timed) -> List[dict]:

@@ -27,7 +27,7 @@ from ..validation import (
     require_fields,
 )
 from .builtin_meta import evaluator_type_of
-from .common import finish_load, index_images, load_json
+from .common import finish_load, index_images, load_coco_style, load_json
 
 __all__ = [
     "load_refs_pickle",
@@ -132,8 +132,7 @@ def load_refcoco(
     """
     report = report if report is not None else ValidationReport(dataset_name or refs_file)
     refs = load_refs_pickle(refs_file)
-    inst = load_json(instances_json, ("images", "annotations"))
-    images = index_images(inst["images"], instances_json, image_root, report)
+    inst, images = load_coco_style(instances_json, image_root, report)
     anns = {a["id"]: a for a in inst["annotations"] if isinstance(a, dict) and "id" in a}
     if split is not None:
         splits = {r.get("split") for r in refs if isinstance(r, dict)}

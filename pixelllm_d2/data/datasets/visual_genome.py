@@ -7,7 +7,7 @@ from ...structures import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..validation import ValidationReport, caption_problem, check_text, check_xywh_box, require_fields
 from .builtin_meta import evaluator_type_of
-from .common import finish_load, index_images, load_json
+from .common import finish_load, load_coco_style
 
 __all__ = ["load_vg_json", "register_vg_json"]
 
@@ -28,8 +28,7 @@ def load_vg_json(
         One dict per image of the json (images whose regions were all skipped keep an empty list).
     """
     report = report if report is not None else ValidationReport(dataset_name or json_file)
-    data = load_json(json_file, ("images", "annotations"))
-    images = index_images(data["images"], json_file, image_root, report)
+    data, images = load_coco_style(json_file, image_root, report)
     regions = {k: [] for k in images}
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
