@@ -175,7 +175,8 @@ class _TrainStream(IterableDataset):
 
 
 class TrainLoader:
-    """Infinite iterable of training batches (lists of mapped dicts), see `build_train_loader`.
+    """Infinite iterable of training batches (lists of mapped dicts), see `build_train_loader`. Each `iter()`
+    starts again at `start_iter`; iterate once and keep the iterator.
 
     Attributes:
         num_skipped: samples replaced so far because their image could not be read (main process count).
