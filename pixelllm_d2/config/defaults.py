@@ -298,7 +298,10 @@ _C.INPUT.DENSECAP = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True})
 # At most this many queries (referring expressions / regions) per image in training (official: 16 expressions,
 # 100 VG regions).
 _C.INPUT.MAX_QUERIES_TRAIN = 16
-# Localized Narratives trace alignment: "official" (order-proportional) or "timestamp" (per-word time overlap).
+# Densecap: at most this many GT regions per training image (official: 100 for VG).
+_C.INPUT.MAX_GT_REGIONS_TRAIN = 100
+# Localized Narratives trace alignment: "official" (order-proportional over the utterances, spec §2.2) or
+# "timestamp" (each word takes the utterance whose text holds it; see pixelllm_d2/data/trace_alignment.py).
 _C.INPUT.TRACE_ALIGNMENT = "official"
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,32 @@
+"""Fixtures of the data tests: a small shapes benchmark in a temporary root and a CPU-sized config."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from pixelllm_d2 import get_cfg  # noqa: E402
+from pixelllm_d2.data import register_all_shapes  # noqa: E402
+
+NUM_TRAIN, NUM_VAL = 20, 6
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A dataset root whose `shapes_*` datasets are registered at 20 train / 6 val images (generated on first
+    use); the default registration is restored afterwards."""
+    root = str(tmp_path_factory.mktemp("datasets"))
+    register_all_shapes(root, NUM_TRAIN, NUM_VAL)
+    yield root
+    register_all_shapes()
+
+
+@pytest.fixture
+def cfg():
+    c = get_cfg()
+    c.MODEL.PIXELLLM.LANGUAGE.TOKENIZER = "shapes"
+    c.INPUT.IMAGE_SIZE = 128
+    c.DATALOADER.NUM_WORKERS = 0
+    c.SOLVER.IMS_PER_BATCH = 4
+    c.TEST.IMS_PER_BATCH = 4
+    return c
