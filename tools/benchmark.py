@@ -22,7 +22,7 @@ from typing import Callable, Dict, List
 import torch
 
 from pixelllm_d2.config import get_cfg
-from pixelllm_d2.engine import DefaultTrainer, launch
+from pixelllm_d2.engine import DefaultTrainer, launch_with_args
 from pixelllm_d2.modeling.build import resolve_device
 from pixelllm_d2.utils import comm
 from pixelllm_d2.utils.env import seed_all_rng
@@ -178,11 +178,4 @@ def argument_parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     args = argument_parser().parse_args()
-    launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_with_args(run, args)

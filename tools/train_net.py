@@ -7,7 +7,13 @@
 `torchrun --nproc-per-node N tools/train_net.py ...` works too. See `python tools/train_net.py -h`.
 """
 from pixelllm_d2.config import get_cfg
-from pixelllm_d2.engine import Checkpointer, DefaultTrainer, default_argument_parser, default_setup, launch
+from pixelllm_d2.engine import (
+    Checkpointer,
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    launch_with_args,
+)
 
 
 def setup(args):
@@ -36,11 +42,4 @@ def main(args, trainer_cls=DefaultTrainer):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_with_args(main, args)

@@ -327,6 +327,7 @@ _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
 _C.SOLVER.EVA02_LAYER_DECAY = 1.0
 # Extra LR multipliers: list of [regex over parameter names, multiplier] (official: mask adapter x10).
 _C.SOLVER.LR_MULTIPLIERS = []
+# Save a checkpoint every this many iterations (0: only the final one).
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 # Also write the model weights alone as OUTPUT_DIR/model_final.safetensors after the last iteration (beside the
 # full training checkpoint model_final.pth).

@@ -108,9 +108,11 @@ def default_setup(cfg, args: Optional[argparse.Namespace] = None) -> None:
 
 def create_ddp_model(model: torch.nn.Module, find_unused_parameters: bool = True) -> torch.nn.Module:
     """Wrap in DistributedDataParallel when there is more than one process (on the process's CUDA device, or on
-    CPU with gloo). Unused parameters must be allowed when batches of different tasks leave heads unused."""
+    CPU with gloo), after giving every process rank 0's parameters and buffers. Unused parameters must be allowed
+    when batches of different tasks leave heads unused."""
     if comm.get_world_size() == 1:
         return model
+    comm.broadcast_module_state(model)
     device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
     return DistributedDataParallel(
         model, device_ids=device_ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters
@@ -176,16 +178,16 @@ class DefaultTrainer(TrainerBase):
         self.register_hooks(self.build_hooks())
 
     def _build_loop(self, cfg, model, optimizer, use_fsdp: bool) -> SimpleTrainer:
-        clip = build_grad_clipper(cfg)
+        kwargs = {"clip_grad": build_grad_clipper(cfg), "same_tasks_across_processes": use_fsdp}
         if not cfg.SOLVER.AMP.ENABLED:
-            return SimpleTrainer(model, None, optimizer, clip_grad=clip)
+            return SimpleTrainer(model, None, optimizer, **kwargs)
         dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE)
         if dtype == torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             logger.warning("bfloat16 is not supported by this GPU: AMP uses float16 with a GradScaler")
             dtype = torch.float16
         if dtype == torch.float16 and use_fsdp:
             raise ValueError("SOLVER.FSDP with SOLVER.AMP.DTYPE float16 is not supported; use bfloat16")
-        return AMPTrainer(model, None, optimizer, clip_grad=clip, precision=dtype, device_type=self.device.type)
+        return AMPTrainer(model, None, optimizer, precision=dtype, device_type=self.device.type, **kwargs)
 
     @property
     def model(self) -> torch.nn.Module:

@@ -1,11 +1,9 @@
 """Fully sharded data parallel (torch FSDP2, `fully_shard`) for the paper-scale model, and full (unsharded)
 state dicts so FSDP checkpoints hold the same model weights as single-process ones."""
-import itertools
 import logging
 import re
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..utils import comm
@@ -37,10 +35,7 @@ def shard_model(model: nn.Module, device: torch.device, module_class_regex: str)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    # Ranks seed differently (SEED + rank): start every shard from rank 0's weights, as DDP does.
-    with torch.no_grad():
-        for t in itertools.chain(model.parameters(), model.buffers()):
-            dist.broadcast(t, src=0)
+    comm.broadcast_module_state(model)
     mesh = init_device_mesh(device.type, (comm.get_world_size(),))
     pattern = re.compile(module_class_regex)
     targets = [(n, m) for n, m in model.named_modules() if n and pattern.fullmatch(type(m).__name__)]

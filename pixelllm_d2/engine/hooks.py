@@ -3,6 +3,7 @@ checkpoints, periodic evaluation and periodic metric writing."""
 import datetime
 import logging
 import math
+import sys
 import time
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -67,14 +68,16 @@ class LRScheduler(HookBase):
 
 
 class PeriodicCheckpointer(_FvPeriodicCheckpointer, HookBase):
-    """Saves `model_{iter:07d}.pth` after every `period` iterations and `model_final.pth` after the last one
-    (fvcore's PeriodicCheckpointer), plus the model-only `model_final.safetensors` when `final_safetensors`.
+    """Saves `model_{iter:07d}.pth` after every `period` iterations (period <= 0: none) and `model_final.pth`
+    after the last one (fvcore's PeriodicCheckpointer), plus the model-only `model_final.safetensors` when
+    `final_safetensors`.
     Register it on every process (saves are collective) and after `LRScheduler`, so the saved scheduler state
     is that of the next iteration."""
 
     def __init__(
         self, checkpointer: Checkpointer, period: int, final_safetensors: bool = True, file_prefix: str = "model"
     ):
+        period = period if period > 0 else sys.maxsize
         super().__init__(checkpointer, period, max_iter=None, max_to_keep=None, file_prefix=file_prefix)
         self.final_safetensors = final_safetensors
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-__all__ = ["launch", "DEFAULT_TIMEOUT"]
+__all__ = ["launch", "launch_with_args", "DEFAULT_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,19 @@ def launch(
         args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
         daemon=False,
         start_method="spawn",
+    )
+
+
+def launch_with_args(main_func: Callable, args) -> None:
+    """`launch(main_func, ..., args=(args,))` with the process layout of `args` (parsed by
+    `default_argument_parser`: num_gpus, num_machines, machine_rank, dist_url)."""
+    launch(
+        main_func,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
     )
 
 

@@ -7,12 +7,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ["get_param_groups", "eva02_lr_scale", "build_optimizer", "build_grad_clipper"]
+__all__ = ["get_param_groups", "find_eva02", "eva02_lr_scale", "build_optimizer", "build_grad_clipper"]
 
 logger = logging.getLogger(__name__)
 
-# Where the model keeps its EVA02 encoder (timm `Eva`: patch_embed, pos_embed, cls_token, blocks.{i}, norm).
-EVA02_PREFIX = "backbone.eva02."
+# Where the model keeps its EVA02 encoder: the timm `Eva` (patch_embed, pos_embed, cls_token, blocks.{i}, norm)
+# is this module or one inside it (e.g. `backbone.eva02.model`).
+EVA02_MODULE = "backbone.eva02"
 
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,
@@ -29,7 +30,17 @@ def _is_norm(module: nn.Module) -> bool:
     return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
 
 
-def eva02_lr_scale(name: str, num_blocks: int, decay: float, prefix: str = EVA02_PREFIX) -> float:
+def find_eva02(model: nn.Module) -> Tuple[Optional[str], int]:
+    """The parameter-name prefix of the model's timm EVA02 trunk (the module at or under `backbone.eva02` with
+    `patch_embed` and a `blocks` list) and its number of blocks; (None, 0) if there is none."""
+    for name, m in model.named_modules():
+        if name == EVA02_MODULE or name.startswith(EVA02_MODULE + "."):
+            if hasattr(m, "patch_embed") and isinstance(getattr(m, "blocks", None), nn.ModuleList):
+                return name + ".", len(m.blocks)
+    return None, 0
+
+
+def eva02_lr_scale(name: str, num_blocks: int, decay: float, prefix: str = EVA02_MODULE + ".") -> float:
     """Layer-wise LR decay of the official recipe (BEiT's rule): with L = `num_blocks`, the embeddings
     (patch_embed, pos_embed, cls/reg tokens) are layer 0 and get decay^(L+1); block i is layer i+1 and gets
     decay^(L-i); every other parameter (EVA02's final norm, and the rest of the model) gets 1.
@@ -38,6 +49,7 @@ def eva02_lr_scale(name: str, num_blocks: int, decay: float, prefix: str = EVA02
         name: a parameter's full name in the model.
         num_blocks: L, the number of EVA02 blocks.
         decay: the per-layer factor (SOLVER.EVA02_LAYER_DECAY; 1.0 disables).
+        prefix: the name prefix of the EVA02 trunk (see `find_eva02`).
     Returns:
         the LR multiplier of that parameter.
     """
@@ -69,8 +81,9 @@ def get_param_groups(
         base_lr: SOLVER.BASE_LR.
         weight_decay: for weights that are neither norm parameters nor biases.
         weight_decay_norm: for the parameters of normalization layers.
-        weight_decay_bias: for other parameters named `bias`.
-        eva02_layer_decay: see `eva02_lr_scale`.
+        weight_decay_bias: for other parameters whose name ends in `bias` (also EVA02's `q_bias`, `v_bias`).
+            With both at 0 this is the official rule (no decay on 1-D parameters) for PixelLLM's modules.
+        eva02_layer_decay: see `eva02_lr_scale` (the trunk is found by `find_eva02`).
         lr_multipliers: (regex, multiplier) pairs; every rule whose regex `re.search`es a parameter's name
             multiplies its LR (rules compose with each other and with the layer decay).
     Returns:
@@ -80,9 +93,11 @@ def get_param_groups(
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     rules = [(re.compile(rx), float(m)) for rx, m in lr_multipliers]
-    block = re.compile(re.escape(EVA02_PREFIX) + r"blocks\.(\d+)\.")
-    block_ids = {int(m.group(1)) for n, _ in model.named_parameters() if (m := block.match(n))}
-    num_blocks = max(block_ids) + 1 if block_ids else 0
+    eva_prefix, num_blocks = find_eva02(model)
+    if eva02_layer_decay != 1.0 and eva_prefix is None:
+        raise ValueError(
+            f"SOLVER.EVA02_LAYER_DECAY={eva02_layer_decay}, but the model has no EVA02 trunk at {EVA02_MODULE}"
+        )
 
     groups: Dict[Tuple[float, float], List[nn.Parameter]] = {}
     seen = set()
@@ -93,8 +108,8 @@ def get_param_groups(
                 continue
             seen.add(id(p))
             name = f"{module_name}.{pname}" if module_name else pname
-            wd = weight_decay_norm if norm else weight_decay_bias if pname == "bias" else weight_decay
-            mult = eva02_lr_scale(name, num_blocks, eva02_layer_decay)
+            wd = weight_decay_norm if norm else weight_decay_bias if pname.endswith("bias") else weight_decay
+            mult = eva02_lr_scale(name, num_blocks, eva02_layer_decay, eva_prefix) if eva_prefix else 1.0
             for rx, m in rules:
                 if rx.search(name):
                     mult *= m

@@ -144,6 +144,9 @@ class SimpleTrainer(TrainerBase):
         optimizer: a torch optimizer over the model's trainable parameters.
         clip_grad: optional callable applied to the list of trainable parameters after backward (and after
             unscaling under fp16 AMP), before the optimizer step.
+        same_tasks_across_processes: check before each forward that every process's batch holds the same set of
+            `task`s, and raise a clear error otherwise. FSDP needs it: its collectives require every process to
+            run the same modules (tasks use different heads).
     """
 
     def __init__(
@@ -152,6 +155,7 @@ class SimpleTrainer(TrainerBase):
         data_loader: Optional[Iterable],
         optimizer: torch.optim.Optimizer,
         clip_grad: Optional[Callable[[List[torch.nn.Parameter]], None]] = None,
+        same_tasks_across_processes: bool = False,
     ):
         super().__init__()
         model.train()
@@ -159,6 +163,7 @@ class SimpleTrainer(TrainerBase):
         self.data_loader = data_loader
         self.optimizer = optimizer
         self.clip_grad = clip_grad
+        self.same_tasks_across_processes = same_tasks_across_processes
         self._data_loader_iter = None
         # Counters that survive a resume: samples seen per task and corrupt samples skipped, over all processes.
         self.task_counts: Counter = Counter()
@@ -174,8 +179,16 @@ class SimpleTrainer(TrainerBase):
     def run_step(self) -> None:
         assert self.model.training, "the model was switched to eval mode by a hook and not switched back"
         start = time.perf_counter()
-        data = next(self._data_loader_iter)
+        try:
+            data = next(self._data_loader_iter)
+        except StopIteration:
+            raise RuntimeError(
+                f"The training data loader ran out of batches at iteration {self.iter}; it must yield batches "
+                f"indefinitely (the run's length is SOLVER.MAX_ITER)"
+            ) from None
         data_time = time.perf_counter() - start
+        if self.same_tasks_across_processes:
+            self._check_same_tasks(data)
         loss_dict = self.forward(data)
         if not isinstance(loss_dict, dict):
             raise TypeError(f"The model must return a dict of scalar losses in training, got {type(loss_dict)}")
@@ -195,6 +208,15 @@ class SimpleTrainer(TrainerBase):
 
     def _trainable_params(self) -> List[torch.nn.Parameter]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _check_same_tasks(self, data: List[dict]) -> None:
+        tasks = comm.all_gather(sorted({d.get("task", "") for d in data}))
+        if any(t != tasks[0] for t in tasks):
+            raise RuntimeError(
+                f"Iteration {self.iter}: the processes' batches hold different tasks ({tasks}, by rank). Sharded "
+                f"training (SOLVER.FSDP) needs every process to run the same modules in a step: use single-source "
+                f"batches (DATALOADER.MIX_TASKS_IN_BATCH False) or DDP."
+            )
 
     def _gather_check_and_log(self, loss_dict: Dict[str, torch.Tensor], data_time: float, data: List[dict]) -> None:
         """Gather losses, data time, task counts and skipped samples of every process; raise
@@ -243,6 +265,7 @@ class AMPTrainer(SimpleTrainer):
     dtype)`; float16 scales the loss with a `GradScaler` (bfloat16 needs none).
 
     Args:
+        model, data_loader, optimizer, clip_grad: as for `SimpleTrainer`.
         precision: torch.bfloat16 or torch.float16.
         device_type: "cuda" or "cpu" (where the model runs).
         grad_scaler: for float16, default `torch.amp.GradScaler(device_type)`.
@@ -250,15 +273,13 @@ class AMPTrainer(SimpleTrainer):
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        data_loader: Optional[Iterable],
-        optimizer: torch.optim.Optimizer,
-        clip_grad: Optional[Callable[[List[torch.nn.Parameter]], None]] = None,
+        *args,
         precision: torch.dtype = torch.bfloat16,
         device_type: str = "cuda",
         grad_scaler: Optional["torch.amp.GradScaler"] = None,
+        **kwargs,
     ):
-        super().__init__(model, data_loader, optimizer, clip_grad=clip_grad)
+        super().__init__(*args, **kwargs)
         if precision not in (torch.bfloat16, torch.float16):
             raise ValueError(f"AMP precision must be bfloat16 or float16, got {precision}")
         self.precision = precision

@@ -1,5 +1,6 @@
 """Helpers for multi-process training over torch.distributed. Every function also works, trivially, in a single
 process without an initialised process group."""
+import itertools
 import os
 from typing import Any, List
 
@@ -16,6 +17,7 @@ __all__ = [
     "synchronize",
     "all_gather",
     "shared_random_seed",
+    "broadcast_module_state",
 ]
 
 
@@ -73,3 +75,14 @@ def shared_random_seed() -> int:
     """A random int in [0, 2**31) drawn on rank 0 and shared by every process (for data seeds that must agree
     across ranks when the config asks for a random seed)."""
     return all_gather(int(np.random.randint(2**31)))[0]
+
+
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy the parameters and buffers of rank `src` to every process, in place. Processes seed differently
+    (SEED + rank), and DDP with broadcast_buffers=False syncs parameters only: random buffers (e.g. SAM's
+    Fourier position-encoding matrix) would otherwise differ between processes."""
+    if get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            dist.broadcast(t, src=src)

@@ -121,64 +121,73 @@ def _scalars_since(storage: EventStorage, last_write: int, window_size: int) -> 
     return grouped
 
 
-class JSONWriter(EventWriter):
+class _NewScalarsWriter(EventWriter):
+    """Publishes each scalar once, grouped by iteration, to an output opened at the first write (a trainer
+    built but never run leaves no file behind)."""
+
+    def __init__(self, window_size: int):
+        self._window_size = window_size
+        self._last_write = -1
+        self._out = None
+
+    def _open(self):
+        raise NotImplementedError
+
+    def _publish(self, grouped: Dict[int, Dict[str, float]]) -> None:
+        raise NotImplementedError
+
+    def write(self) -> None:
+        grouped = _scalars_since(get_event_storage(), self._last_write, self._window_size)
+        if not grouped:
+            return
+        if self._out is None:
+            self._out = self._open()
+        self._publish(grouped)
+        self._last_write = max(grouped)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+
+class JSONWriter(_NewScalarsWriter):
     """Appends one JSON object per iteration with new scalars to `json_file` (detectron2's `metrics.json`):
     `{"iteration": int, "<name>": float, ...}`."""
 
     def __init__(self, json_file: str, window_size: int = 20):
+        super().__init__(window_size)
         self._path = json_file
-        self._file = None  # opened at the first write: a trainer built but never run leaves no open file
-        self._window_size = window_size
-        self._last_write = -1
 
-    def write(self) -> None:
-        grouped = _scalars_since(get_event_storage(), self._last_write, self._window_size)
-        if not grouped:
-            return
-        if self._file is None:
-            self._file = open(self._path, "a", encoding="utf-8")
+    def _open(self):
+        return open(self._path, "a", encoding="utf-8")
+
+    def _publish(self, grouped: Dict[int, Dict[str, float]]) -> None:
         for itr in sorted(grouped):
-            self._file.write(json.dumps({"iteration": itr, **grouped[itr]}, sort_keys=True) + "\n")
-        self._file.flush()
-        self._last_write = max(grouped)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+            self._out.write(json.dumps({"iteration": itr, **grouped[itr]}, sort_keys=True) + "\n")
+        self._out.flush()
 
 
-class TensorboardXWriter(EventWriter):
-    """Writes new scalars as TensorBoard events under `log_dir` (torch.utils.tensorboard); the event file is
-    created at the first write, purging events of earlier runs at or after this run's first iteration (a resumed
-    run replaces what the interrupted one logged past its checkpoint)."""
+class TensorboardXWriter(_NewScalarsWriter):
+    """Writes new scalars as TensorBoard events under `log_dir` (torch.utils.tensorboard), purging events of
+    earlier runs at or after this run's first iteration (a resumed run replaces what the interrupted one logged
+    past its checkpoint)."""
 
     def __init__(self, log_dir: str, window_size: int = 20, **kwargs):
+        super().__init__(window_size)
         self._log_dir = log_dir
         self._kwargs = kwargs
-        self._writer = None
-        self._window_size = window_size
-        self._last_write = -1
 
-    def write(self) -> None:
-        grouped = _scalars_since(get_event_storage(), self._last_write, self._window_size)
-        if not grouped:
-            return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
+    def _open(self):
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only when used
 
-            kwargs = {"purge_step": get_event_storage().start_iter, **self._kwargs}
-            self._writer = SummaryWriter(self._log_dir, **kwargs)
+        return SummaryWriter(self._log_dir, **{"purge_step": get_event_storage().start_iter, **self._kwargs})
+
+    def _publish(self, grouped: Dict[int, Dict[str, float]]) -> None:
         for itr in sorted(grouped):
             for k, v in grouped[itr].items():
-                self._writer.add_scalar(k, v, itr)
-        self._writer.flush()
-        self._last_write = max(grouped)
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+                self._out.add_scalar(k, v, itr)
+        self._out.flush()
 
 
 class CommonMetricPrinter(EventWriter):

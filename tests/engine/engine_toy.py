@@ -34,10 +34,11 @@ class _ToyBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(DIM)
         self.fc = nn.Linear(DIM, DIM)
+        self.q_bias = nn.Parameter(torch.zeros(DIM))  # like timm EVA's attention biases
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return x + self.drop(torch.tanh(self.fc(self.norm(x))))
+        return x + self.drop(torch.tanh(self.fc(self.norm(x)) + self.q_bias))
 
 
 class _ToyEva(nn.Module):
@@ -81,6 +82,9 @@ class EngineToyNet(nn.Module):
         self.mask_head = nn.Module()
         self.mask_head.adapter = nn.Linear(DIM, DIM)
         self.location_head = nn.Linear(DIM, 2)
+        # A randomly initialised buffer, like SAM's Fourier position-encoding matrix: processes seeded differently
+        # hold different values until the engine syncs them.
+        self.register_buffer("fourier", torch.randn(DIM))
 
     def load_component_weights(self) -> None:
         # Stands in for a pretrained frozen encoder: fixed weights, independent of the global seed.
@@ -92,7 +96,7 @@ class EngineToyNet(nn.Module):
     def forward(self, batched_inputs: List[Dict]):
         device = self.location_head.weight.device
         x = torch.stack([d["image"] for d in batched_inputs]).to(device).float().flatten(1) / 255.0
-        feats = self.backbone.eva02(x) + self.backbone.sam(x)
+        feats = self.backbone.eva02(x) + self.backbone.sam(x) + 0.1 * torch.sin(self.fourier)
         pred = self.location_head(self.mask_head.adapter(feats) + self.language(feats))
         if not self.training:
             return [{"pred": p} for p in pred]

@@ -14,7 +14,7 @@ import sys
 
 from engine_toy import ToyTrainer
 
-from pixelllm_d2.engine import HookBase, default_argument_parser, launch
+from pixelllm_d2.engine import HookBase, default_argument_parser, launch_with_args
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location("train_net", os.path.join(_ROOT, "tools", "train_net.py"))
@@ -97,11 +97,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_with_args(main, args)

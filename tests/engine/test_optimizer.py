@@ -30,6 +30,29 @@ def test_eva02_lr_scale_24_blocks_official_values():
     assert eva02_lr_scale("backbone.eva02.patch_embed.proj.weight", 24, 0.8) == pytest.approx(0.8**25)
 
 
+@pytest.mark.parametrize("nested", [False, True])
+def test_layer_decay_finds_the_eva02_trunk(tmp_path, nested):
+    cfg = toy_cfg(str(tmp_path), SOLVER__EVA02_LAYER_DECAY=0.5)
+    model = EngineToyNet(cfg)
+    if nested:  # the real backbone keeps timm's Eva at backbone.eva02.model
+        trunk = model.backbone.eva02
+        model.backbone.eva02 = torch.nn.Module()
+        model.backbone.eva02.model = trunk
+    prefix = "backbone.eva02.model." if nested else "backbone.eva02."
+    groups = _groups_by_name(model, build_optimizer(cfg, model))
+    assert groups[prefix + "pos_embed"]["lr_mult"] == pytest.approx(0.5**4)
+    assert groups[prefix + "blocks.1.fc.weight"]["lr_mult"] == pytest.approx(0.5**2)
+    assert groups["location_head.weight"]["lr_mult"] == 1.0
+
+
+def test_layer_decay_without_eva02_is_an_error(tmp_path):
+    cfg = toy_cfg(str(tmp_path), SOLVER__EVA02_LAYER_DECAY=0.8)
+    model = EngineToyNet(cfg)
+    del model.backbone.eva02
+    with pytest.raises(ValueError, match="no EVA02 trunk at backbone.eva02"):
+        build_optimizer(cfg, model)
+
+
 def _groups_by_name(model, optimizer):
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     return {n: where.get(id(p)) for n, p in model.named_parameters()}
@@ -55,6 +78,7 @@ def test_param_groups(tmp_path):
         "backbone.eva02.blocks.0.norm.weight": (0.5**3, 0.0),
         "backbone.eva02.blocks.1.norm.bias": (0.5**2, 0.0),
         "backbone.eva02.blocks.2.fc.bias": (0.5, 0.0),
+        "backbone.eva02.blocks.2.q_bias": (0.5, 0.0),
         "backbone.eva02.norm.weight": (1.0, 0.0),
         "language.lora_A.weight": (1.0, 0.05),
         "language.lora_B.weight": (1.0, 0.05),

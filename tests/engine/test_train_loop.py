@@ -115,3 +115,35 @@ def test_default_argument_parser():
     assert args.opts == ["SOLVER.MAX_ITER", "5", "MODEL.WEIGHTS", "w.pth"]
     defaults = default_argument_parser().parse_args([])
     assert (defaults.num_gpus, defaults.dist_url, defaults.resume, defaults.opts) == (1, "auto", False, [])
+
+
+def test_finite_loader_is_a_clear_error(tmp_path):
+    class ShortLoader(ToyTrainer):
+        @classmethod
+        def build_train_loader(cls, cfg, start_iter=0, seed=None):
+            return [ToyLoader(4, seed).global_batch(k) for k in range(2)]
+
+    with pytest.raises(RuntimeError, match="ran out of batches at iteration 2"):
+        run_toy(toy_cfg(str(tmp_path), SOLVER__MAX_ITER=5), ShortLoader)
+
+
+def test_checkpoint_period_zero_saves_only_the_final_checkpoint(tmp_path):
+    run_toy(toy_cfg(str(tmp_path), SOLVER__MAX_ITER=3, SOLVER__CHECKPOINT_PERIOD=0))
+    assert sorted(f for f in os.listdir(tmp_path) if f.startswith("model_")) == [
+        "model_final.pth",
+        "model_final.safetensors",
+    ]
+
+
+def test_sharded_training_refuses_different_tasks_across_processes(monkeypatch):
+    from pixelllm_d2.engine import SimpleTrainer
+    from pixelllm_d2.engine.train_loop import comm
+
+    model = torch.nn.Linear(2, 2)
+    batch = [{"task": "refer"}]
+    trainer = SimpleTrainer(model, [batch], torch.optim.AdamW(model.parameters()), same_tasks_across_processes=True)
+    # What rank 0 would see in a 2-process run where rank 1's batch is a caption batch.
+    monkeypatch.setattr(comm, "all_gather", lambda obj: [obj, ["caption"]])
+    trainer.before_train()
+    with pytest.raises(RuntimeError, match=r"different tasks \(\[\['refer'\], \['caption'\]\], by rank\)"):
+        trainer.run_step()
