@@ -181,6 +181,8 @@ class DefaultTrainer(TrainerBase):
         kwargs = {"clip_grad": build_grad_clipper(cfg), "same_tasks_across_processes": use_fsdp}
         if not cfg.SOLVER.AMP.ENABLED:
             return SimpleTrainer(model, None, optimizer, **kwargs)
+        if cfg.SOLVER.AMP.DTYPE not in ("bfloat16", "float16"):
+            raise ValueError(f"SOLVER.AMP.DTYPE must be 'bfloat16' or 'float16', got {cfg.SOLVER.AMP.DTYPE!r}")
         dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE)
         if dtype == torch.bfloat16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             logger.warning("bfloat16 is not supported by this GPU: AMP uses float16 with a GradScaler")

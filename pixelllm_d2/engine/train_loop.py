@@ -236,10 +236,14 @@ class SimpleTrainer(TrainerBase):
                 f"checkpoint of this state is written (resume from the last checkpoint)."
             )
         storage = get_event_storage()
-        keys = sorted({k for g in gathered for k in g["losses"]})
-        means = {k: sum(g["losses"][k] for g in gathered if k in g["losses"]) / len(gathered) for k in keys}
-        storage.put_scalar("total_loss", sum(means.values()))
-        storage.put_scalars(**means)
+        # total_loss: the objective DDP minimises (the mean of the processes' sums). Each named loss: its mean over
+        # the processes that report it (a batch without a task may not).
+        per_key: Dict[str, List[float]] = {}
+        for g in gathered:
+            for k, v in g["losses"].items():
+                per_key.setdefault(k, []).append(v)
+        storage.put_scalar("total_loss", sum(sum(g["losses"].values()) for g in gathered) / len(gathered))
+        storage.put_scalars(**{k: sum(v) / len(v) for k, v in sorted(per_key.items())})
         storage.put_scalar("data_time", max(g["data_time"] for g in gathered))
         for g in gathered:
             self.task_counts.update(g["tasks"])

@@ -147,3 +147,36 @@ def test_sharded_training_refuses_different_tasks_across_processes(monkeypatch):
     trainer.before_train()
     with pytest.raises(RuntimeError, match=r"different tasks \(\[\['refer'\], \['caption'\]\], by rank\)"):
         trainer.run_step()
+
+
+def test_loss_reduction_over_processes(monkeypatch):
+    from pixelllm_d2.engine import SimpleTrainer
+    from pixelllm_d2.engine.train_loop import comm
+    from pixelllm_d2.utils.events import EventStorage
+
+    class TwoLosses(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch):
+            return {"loss_a": self.w * 1.0, "loss_b": self.w * 3.0}
+
+    model = TwoLosses()
+    batch = [{"task": "refer"}]
+    trainer = SimpleTrainer(model, [batch], torch.optim.AdamW(model.parameters()))
+    other = {"losses": {"loss_a": 2.0}, "data_time": 0.5, "tasks": {"caption": 3}, "num_skipped": 4}
+    monkeypatch.setattr(comm, "all_gather", lambda obj: [obj, other])  # a second process without loss_b
+    trainer.before_train()
+    with EventStorage() as storage:
+        trainer.run_step()
+    latest = {k: v for k, (v, _) in storage.latest().items()}
+    assert latest["loss_a"] == pytest.approx(1.5) and latest["loss_b"] == pytest.approx(3.0)
+    assert latest["total_loss"] == pytest.approx((4.0 + 2.0) / 2)
+    assert latest["data_time"] == 0.5 and latest["data/num_skipped"] == 4
+    assert latest["data/count/refer"] == 1 and latest["data/count/caption"] == 3
+
+
+def test_bad_amp_dtype(tmp_path):
+    with pytest.raises(ValueError, match="'fp16'"):
+        ToyTrainer(toy_cfg(str(tmp_path), SOLVER__AMP__ENABLED=True, SOLVER__AMP__DTYPE="fp16"))
