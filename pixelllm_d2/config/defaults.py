@@ -350,7 +350,13 @@ _C.SOLVER.WEIGHT_DECAY_BIAS = 0.0
 _C.SOLVER.EVA02_LAYER_DECAY = 1.0
 # Extra LR multipliers: list of [regex over parameter names, multiplier] (official: mask adapter x10).
 _C.SOLVER.LR_MULTIPLIERS = []
+# Save a checkpoint every this many iterations (0: only the final one).
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
+# Also write the model weights alone as OUTPUT_DIR/model_final.safetensors after the last iteration (beside the
+# full training checkpoint model_final.pth).
+_C.SOLVER.FINAL_SAFETENSORS = True
+# Write metrics (console, metrics.json, TensorBoard) every this many iterations (and after the last one).
+_C.SOLVER.LOG_PERIOD = 20
 _C.SOLVER.CLIP_GRADIENTS = CfgNode()
 # The official recipes do not clip.
 _C.SOLVER.CLIP_GRADIENTS.ENABLED = False
@@ -364,6 +370,12 @@ _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "bfloat16"
 # Shard parameters / gradients / optimizer state across processes (paper-scale multi-GPU training).
 _C.SOLVER.FSDP = False
+# With FSDP: submodules whose class name fully matches this regex are sharded as units (one all-gather each):
+# SAM / EVA02 / T5 blocks and the prompt extractor's attention blocks.
+_C.SOLVER.FSDP_SHARD_MODULES = r"Block|EvaBlock|T5Block|TwoWayAttentionBlock"
+# DDP: allow parameters without a gradient in a step (heads of tasks absent from the batch). False is faster
+# when every parameter is used in every step.
+_C.SOLVER.DDP_FIND_UNUSED_PARAMETERS = True
 
 # ---------------------------------------------------------------------------------------------------------------
 # TEST
