@@ -158,6 +158,10 @@ _C.MODEL.PIXELLLM.PROMPT_ENCODER = CfgNode()
 # Number of sparse prompt tokens per prompt (official: 5 = 2 box corners + 3 padding, or 4 corner points + 1 pad).
 _C.MODEL.PIXELLLM.PROMPT_ENCODER.NUM_TOKENS = 5
 _C.MODEL.PIXELLLM.PROMPT_ENCODER.FREEZE = True
+# Also give each box prompt to the prompt extractor as a dense prompt (the box rasterised and encoded by SAM's mask
+# path) instead of SAM's "no mask" embedding (official). The from-scratch CPU configs need it to learn where to look
+# within minutes (MODEL_ZOO.md).
+_C.MODEL.PIXELLLM.PROMPT_ENCODER.DENSE_BOX = False
 
 # Prompt feature extractor: SAM TwoWayTransformer with learnable query tokens (the ROIAlign-free "ROI head").
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR = CfgNode()
@@ -174,6 +178,16 @@ _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.ATTN_DOWNSAMPLE = 2
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.NUM_QUERIES = 32
 # Width of each output visual token (official: 1024, one Linear per token).
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.OUT_DIM = 1024
+# Tokens handed to the language model (official `prompt_fuse_fn`): "sparse" (the NUM_QUERIES query tokens;
+# official configs), "dense" (one token per position of the fused map, with its positional encoding), or
+# "sparse+dense".
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.FUSE = "sparse"
+# Map the dense tokens come from: "transformer" (its image side after the prompt updated it; official) or "input"
+# (the projected fused map before the transformer: the same for every prompt of an image).
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_SOURCE = "transformer"
+# Average-pool the dense map to DENSE_GRID x DENSE_GRID tokens first (0 = every map position, as the official
+# option). Fewer, coarser tokens are what a language model trained from scratch learns to point into (MODEL_ZOO.md).
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_GRID = 0
 
 # Language model: HF T5 as a prefix LM (encoder = [visual tokens ; context], decoder = text) with LoRA.
 _C.MODEL.PIXELLLM.LANGUAGE = CfgNode()

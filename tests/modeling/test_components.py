@@ -75,15 +75,81 @@ def test_prompt_encoder_pads_to_five_tokens_and_accepts_points():
     assert not any(p.requires_grad for p in pe.parameters())
 
 
+def test_dense_box_prompt_marks_the_box_cells():
+    pe = SAMPromptEncoder(embed_dim=32, image_size=64, sam_grid=4, num_tokens=5, freeze=True, dense_box=True)
+    seen = {}
+    pe.sam.mask_downscaling.register_forward_hook(lambda m, i, o: seen.update(masks=i[0]))
+    boxes = torch.tensor([[8.0, 0.0, 24.0, 16.0], [30.0, 30.0, 30.5, 30.5], [0.0, 0.0, 0.0, 0.0]])
+    dense = pe.dense(boxes, (4, 4))
+    assert dense.shape == (3, 32, 4, 4)
+    masks = seen["masks"][:, 0]  # rasterised on a 16x16 grid of 4 px cells, +1 inside / -1 outside
+    assert masks.shape == (3, 16, 16)
+    assert (masks[0] > 0).nonzero().tolist() == [[y, x] for y in range(4) for x in range(2, 6)]
+    assert (masks[1] > 0).sum() == 1 and masks[1, 7, 7] > 0  # thinner than a cell: the cell of its centre
+    # a row without a box (point prompt) gets SAM's "no mask" embedding, as without dense_box
+    assert torch.equal(dense[2], pe.no_mask_embed.view(32, 1, 1).expand(32, 4, 4))
+    plain = SAMPromptEncoder(embed_dim=32, image_size=64, sam_grid=4)
+    assert torch.equal(plain.dense(boxes, (4, 4))[0], plain.no_mask_embed.view(32, 1, 1).expand(32, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "fuse,source,grid,tokens",
+    [
+        ("sparse", "transformer", 0, 6),
+        ("dense", "transformer", 0, 16),
+        ("dense", "input", 2, 4),
+        ("sparse+dense", "transformer", 0, 6 + 16),
+        ("sparse+dense", "input", 3, 6 + 9),
+    ],
+)
+def test_prompt_extractor_fuse_options(fuse, source, grid, tokens):
+    torch.manual_seed(0)
+    ex = TwoWayPromptExtractor(
+        in_channels=40, prompt_dim=32, width=16, depth=2, num_heads=2, mlp_dim=32, num_queries=6, out_dim=24,
+        fuse=fuse, dense_source=source, dense_grid=grid,
+    )
+    assert (ex.transformer is None) == (fuse == "dense" and source == "input")
+    image, pe = torch.randn(2, 40, 4, 4), torch.randn(1, 32, 4, 4)
+    index = torch.tensor([0, 1, 1])
+    a = ex(image, index, torch.randn(3, 5, 32), torch.randn(3, 32, 4, 4), pe)
+    b = ex(image, index, torch.randn(3, 5, 32), torch.randn(3, 32, 4, 4), pe)
+    assert a.shape == b.shape == (3, tokens, 24)
+    if "dense" in fuse:
+        dense = slice(6 if fuse == "sparse+dense" else 0, None)
+        # "input" tokens are the map's own (the same for every prompt of an image); "transformer" tokens are not
+        assert torch.equal(a[1, dense], a[2, dense]) == (source == "input")
+        assert torch.equal(a[:, dense], b[:, dense]) == (source == "input")
+        assert not torch.equal(a[0, dense], a[1, dense])  # another image
+
+
+def test_prompt_extractor_dense_grid_pools_the_map():
+    ex = TwoWayPromptExtractor(in_channels=8, prompt_dim=4, width=8, depth=1, num_heads=2, mlp_dim=8, num_queries=2,
+                               out_dim=8, fuse="dense", dense_source="input", dense_grid=2)
+    with torch.no_grad():
+        ex.image_proj.weight.copy_(torch.eye(8)), ex.image_proj.bias.zero_()
+        ex.pe_proj.weight.zero_(), ex.pe_proj.bias.zero_()
+        ex.dense_output.weight.copy_(torch.eye(8)), ex.dense_output.bias.zero_()
+    image = torch.arange(16.0).view(1, 1, 4, 4).expand(1, 8, 4, 4)
+    out = ex(image, torch.tensor([0]), torch.zeros(1, 5, 4), torch.zeros(1, 4, 4, 4), torch.zeros(1, 4, 4, 4))
+    # 2x2 means of the 4x4 map, in raster order
+    assert out[0, :, 0].tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
+@pytest.mark.parametrize("kwargs", [dict(fuse="both"), dict(dense_source="image"), dict(dense_grid=-1)])
+def test_prompt_extractor_rejects_bad_options(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        TwoWayPromptExtractor(in_channels=8, prompt_dim=4, width=8, depth=1, num_heads=2, mlp_dim=8, **kwargs)
+
+
 def test_prompt_extractor_outputs_one_token_per_query():
     ex = TwoWayPromptExtractor(in_channels=40, prompt_dim=32, width=16, depth=2, num_heads=2, mlp_dim=32, num_queries=6, out_dim=24)
-    out = ex(torch.randn(2, 40, 4, 4), torch.tensor([0, 1, 1]), torch.randn(3, 5, 32), torch.randn(32), torch.randn(1, 32, 4, 4))
+    out = ex(torch.randn(2, 40, 4, 4), torch.tensor([0, 1, 1]), torch.randn(3, 5, 32), torch.randn(3, 32, 4, 4), torch.randn(1, 32, 4, 4))
     assert out.shape == (3, 6, 24)
     # one Linear per token: changing token 0's weights changes only output token 0
     with torch.no_grad():
-        before = ex(torch.ones(1, 40, 4, 4), torch.tensor([0]), torch.ones(1, 5, 32), torch.ones(32), torch.ones(1, 32, 4, 4))
+        before = ex(torch.ones(1, 40, 4, 4), torch.tensor([0]), torch.ones(1, 5, 32), torch.ones(1, 32, 4, 4), torch.ones(1, 32, 4, 4))
         ex.output.weight[0].add_(torch.randn_like(ex.output.weight[0]))
-        after = ex(torch.ones(1, 40, 4, 4), torch.tensor([0]), torch.ones(1, 5, 32), torch.ones(32), torch.ones(1, 32, 4, 4))
+        after = ex(torch.ones(1, 40, 4, 4), torch.tensor([0]), torch.ones(1, 5, 32), torch.ones(1, 32, 4, 4), torch.ones(1, 32, 4, 4))
     assert not torch.allclose(before[:, 0], after[:, 0]) and torch.equal(before[:, 1:], after[:, 1:])
 
 

@@ -29,8 +29,18 @@ def test_training_losses_per_task(task):
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
 
 
-def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch):
-    model = tiny_model()
+@pytest.mark.parametrize(
+    "opts",
+    [
+        (),
+        # the shapes config's extra tokens: the projected map, pooled, beside the query tokens
+        ("MODEL.PIXELLLM.PROMPT_EXTRACTOR.FUSE", "sparse+dense", "MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_SOURCE", "input",
+         "MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_GRID", 2),
+    ],
+    ids=["sparse", "sparse+dense"],
+)
+def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch, opts):
+    model = tiny_model(*opts)
     model.train()
     sum(model(batch).values()).backward()
     params = dict(model.named_parameters())
@@ -47,7 +57,7 @@ def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch):
         ("prompt_extractor", None),
         ("backbone.eva02", None),
         ("mask_head.adapter", None),
-    ]:
+    ] + ([("prompt_extractor.dense_output", None)] if opts else []):
         sel = grads(prefix, lora)
         with_grad = [n for n, p in sel.items() if p.grad is not None and p.grad.abs().sum() > 0]
         assert with_grad, f"no gradient reached {prefix}"
@@ -55,6 +65,26 @@ def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch):
     for prefix, lora in [("backbone.sam", None), ("language.t5", False), ("prompt_encoder", None), ("mask_head.decoder", None)]:
         for n, p in grads(prefix, lora).items():
             assert not p.requires_grad and p.grad is None, f"frozen parameter {n} got a gradient"
+
+
+def test_shared_prompts_run_the_extractor_once_with_identical_results(batch):
+    model = tiny_model()
+    model.eval()
+    from pixelllm_d2.modeling.meta_arch.queries import gather_queries
+
+    # two images, two expressions each, all with their image's whole-image prompt
+    other = dict(batch[1], image=torch.flip(batch[1]["image"], dims=[-1]))
+    refer = [batch[1], other]
+    q = gather_queries(refer, model.device)
+    calls = []
+    hook = model.prompt_extractor.register_forward_hook(lambda m, i, o: calls.append(i[2].shape[0]))
+    feats = model.backbone(*model.preprocess_images(refer))
+    shared = model.encode_prompts(feats["fused"], q)
+    hook.remove()
+    assert calls == [2]  # one pass per distinct (image, prompt)
+    separate = torch.cat([model.encode_boxes(feats["fused"], q.image_index[k : k + 1], q.boxes[k : k + 1]) for k in range(4)])
+    assert torch.allclose(shared, separate, atol=1e-6)
+    assert not torch.allclose(shared[0], shared[2], atol=1e-3)  # each query got its own image's tokens
 
 
 def test_region_tokens_are_located_at_the_region_box():

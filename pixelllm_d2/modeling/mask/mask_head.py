@@ -115,15 +115,17 @@ class SAMMaskHead(nn.Module):
             iou: (Q,) predicted mask IoU.
         """
         tokens = self.adapter(box_tokens, visual_tokens, text_feats, text_mask)
-        q = tokens.shape[0]
         _, dim, h, w = sam_embedding.shape
-        logits = sam_embedding.new_zeros(q, 4 * h, 4 * w)
-        iou = sam_embedding.new_zeros(q)
+        order, logits, iou = [], [], []
         # SAM's decoder repeats one image embedding per prompt, so it runs once per image.
         for b in image_index.unique().tolist():
             sel = (image_index == b).nonzero(as_tuple=True)[0]
             dense = no_mask_embed.view(1, dim, 1, 1).expand(len(sel), dim, h, w)
             masks, pred_iou = self.decoder(sam_embedding[b : b + 1], dense_pe, tokens[sel], dense, multimask_output=False)
-            logits = logits.index_put((sel,), masks[:, 0])
-            iou = iou.index_put((sel,), pred_iou[:, 0])
+            order.append(sel)
+            logits.append(masks[:, 0])
+            iou.append(pred_iou[:, 0])
+        inverse = torch.empty_like(image_index)
+        inverse[torch.cat(order)] = torch.arange(len(image_index), device=image_index.device)
+        logits, iou = torch.cat(logits)[inverse], torch.cat(iou)[inverse]
         return logits, iou

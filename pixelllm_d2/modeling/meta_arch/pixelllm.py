@@ -229,7 +229,8 @@ class PixelLLM(nn.Module):
     def encode_boxes(self, fused: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Visual tokens (K, num_queries, out_dim) for K box prompts (resized pixels) on images `image_index`."""
         pe = self.prompt_encoder
-        return self.prompt_extractor(fused, image_index, pe(boxes=boxes), pe.no_mask_embed, pe.dense_pe(tuple(fused.shape[-2:])))
+        grid = tuple(fused.shape[-2:])
+        return self.prompt_extractor(fused, image_index, pe(boxes=boxes), pe.dense(boxes, grid), pe.dense_pe(grid))
 
     def context_ids(self, task: str, n: int) -> torch.Tensor:
         """(n, C) the tokenised context prompt of `task`, repeated."""
@@ -237,7 +238,13 @@ class PixelLLM(nn.Module):
         return torch.tensor(ids, dtype=torch.long, device=self.device).expand(n, -1)
 
     def encode_prompts(self, fused: torch.Tensor, q: Queries) -> torch.Tensor:
-        """Visual tokens (Q, num_queries, out_dim) for the queries' box / point prompts."""
+        """Visual tokens (Q, V, out_dim) for the queries' box / point prompts. Queries with the same prompt on the
+        same image (e.g. the whole-image box of several referring expressions) share one extractor pass."""
+        if not q.has_points.any():
+            key = torch.cat([q.image_index[:, None].to(q.boxes.dtype), q.boxes], dim=1)
+            uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+            if len(uniq) < len(q):
+                return self.encode_boxes(fused, uniq[:, 0].long(), uniq[:, 1:])[inverse]
         pe = self.prompt_encoder
         n = len(q)
         tokens = None
@@ -257,7 +264,8 @@ class PixelLLM(nn.Module):
                 t = torch.cat([t, pe.no_mask_embed.expand(len(idx), tokens.shape[1] - t.shape[1], -1)], 1)
             tokens = tokens.index_put((idx,), t)
         grid = tuple(fused.shape[-2:])
-        return self.prompt_extractor(fused, q.image_index, tokens, pe.no_mask_embed, pe.dense_pe(grid))
+        boxes = q.boxes * (~q.has_points)[:, None].to(q.boxes.dtype)  # point prompts get no dense box
+        return self.prompt_extractor(fused, q.image_index, tokens, pe.dense(boxes, grid), pe.dense_pe(grid))
 
     def _token_corners(self, hidden: torch.Tensor, image_wh: torch.Tensor) -> torch.Tensor:
         # (Q, T, d) -> (Q, T, 4) corner points (x0, y0, x1, y1), resized pixels.

@@ -2,6 +2,7 @@
 tokens attend to the fused image map in SAM's TwoWayTransformer; each query token becomes one visual token for the
 language model."""
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import TwoWayTransformer
 from torch import nn
 
@@ -38,6 +39,14 @@ class TwoWayPromptExtractor(nn.Module):
         num_heads, mlp_dim, attn_downsample: SAM TwoWayTransformer settings.
         num_queries: learnable query tokens = visual tokens per prompt (official: 32).
         out_dim: width of each output visual token (official: 1024).
+        fuse: which tokens go to the language model (the official `prompt_fuse_fn`): "sparse" (the num_queries
+            query tokens, official configs), "dense" (one token per map position plus its positional encoding,
+            projected), or "sparse+dense" (both, sparse first).
+        dense_source: the map the dense tokens come from: "transformer" (its image side after the prompt has
+            updated it, official) or "input" (the projected fused map before the transformer; the same for every
+            prompt of an image, and without "sparse" the transformer is not built).
+        dense_grid: average-pool the dense map to dense_grid x dense_grid tokens first (0: every position, as the
+            official option).
     """
 
     @configurable
@@ -53,18 +62,33 @@ class TwoWayPromptExtractor(nn.Module):
         attn_downsample: int = 2,
         num_queries: int = 32,
         out_dim: int = 1024,
+        fuse: str = "sparse",
+        dense_source: str = "transformer",
+        dense_grid: int = 0,
     ):
         super().__init__()
+        if fuse not in ("sparse", "dense", "sparse+dense"):
+            raise ValueError(f"prompt extractor fuse must be 'sparse', 'dense' or 'sparse+dense', got {fuse!r}")
+        self.fuse = fuse
+        if dense_source not in ("transformer", "input"):
+            raise ValueError(f"prompt extractor dense_source must be 'transformer' or 'input', got {dense_source!r}")
+        self.dense_source = dense_source
+        if dense_grid < 0:
+            raise ValueError(f"dense_grid must be >= 0 (0 = the full map), got {dense_grid}")
+        self.dense_grid = dense_grid
         self.num_queries = num_queries
         self.out_dim = out_dim
         self.query_tokens = nn.Parameter(torch.randn(num_queries, width))
         self.image_proj = nn.Linear(in_channels, width)
         self.prompt_proj = nn.Linear(prompt_dim, width)
         self.pe_proj = nn.Linear(prompt_dim, width)
-        self.transformer = TwoWayTransformer(
-            depth=depth, embedding_dim=width, num_heads=num_heads, mlp_dim=mlp_dim, attention_downsample_rate=attn_downsample
-        )
-        self.output = PerTokenLinear(num_queries, width, out_dim)
+        self.transformer = None
+        if fuse != "dense" or dense_source == "transformer":
+            self.transformer = TwoWayTransformer(
+                depth=depth, embedding_dim=width, num_heads=num_heads, mlp_dim=mlp_dim, attention_downsample_rate=attn_downsample
+            )
+        self.output = PerTokenLinear(num_queries, width, out_dim) if fuse != "dense" else None
+        self.dense_output = nn.Linear(width, out_dim) if fuse != "sparse" else None
 
     @classmethod
     def from_config(cls, cfg, in_channels: int):
@@ -79,6 +103,9 @@ class TwoWayPromptExtractor(nn.Module):
             attn_downsample=p.ATTN_DOWNSAMPLE,
             num_queries=p.NUM_QUERIES,
             out_dim=p.OUT_DIM,
+            fuse=p.FUSE,
+            dense_source=p.DENSE_SOURCE,
+            dense_grid=p.DENSE_GRID,
         )
 
     def forward(
@@ -94,16 +121,34 @@ class TwoWayPromptExtractor(nn.Module):
             image_map: (B, C, H, W) fused image features.
             image_index: (Q,) int64, the image of each prompt.
             prompt_tokens: (Q, K, prompt_dim) sparse prompt tokens.
-            dense_prompt: (prompt_dim,) dense prompt embedding added to every image position (SAM's no_mask_embed).
+            dense_prompt: (Q, prompt_dim, H, W) dense prompt of each query (SAMPromptEncoder.dense), added to the
+                projected map.
             dense_pe: (1, prompt_dim, H, W) positional encoding of the map.
         Returns:
-            (Q, num_queries, out_dim) visual tokens per prompt.
+            (Q, V, out_dim) visual tokens per prompt: V = num_queries ("sparse"), D = H * W or dense_grid ** 2
+            ("dense"), or num_queries + D ("sparse+dense").
         """
         q = prompt_tokens.shape[0]
-        # Project once per image, then repeat per prompt (each prompt's map is updated separately).
-        src = self.image_proj(image_map.permute(0, 2, 3, 1)) + self.prompt_proj(dense_prompt)
-        src = src.permute(0, 3, 1, 2)[image_index]
-        pe = self.pe_proj(dense_pe.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).expand(q, -1, -1, -1)
-        tokens = torch.cat([self.query_tokens.expand(q, -1, -1), self.prompt_proj(prompt_tokens)], dim=1)
-        hs, _ = self.transformer(src, pe, tokens)
-        return self.output(hs[:, : self.num_queries])
+        proj = self.image_proj(image_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # once per image
+        pe = self.pe_proj(dense_pe.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        out, image_side = [], None
+        if self.transformer is not None:
+            # each prompt updates its own copy of the map
+            src = proj[image_index] + self.prompt_proj(dense_prompt.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            tokens = torch.cat([self.query_tokens.expand(q, -1, -1), self.prompt_proj(prompt_tokens)], dim=1)
+            hs, image_side = self.transformer(src, pe.expand(q, -1, -1, -1), tokens)
+            if self.output is not None:
+                out.append(self.output(hs[:, : self.num_queries]))
+        if self.dense_output is not None:
+            # the positional encoding is added so each dense token says where it is
+            if self.dense_source == "input":
+                out.append(self._dense_tokens(proj + pe)[image_index])
+            else:
+                out.append(self._dense_tokens(image_side.transpose(1, 2).reshape(q, -1, *proj.shape[-2:]) + pe))
+        return torch.cat(out, dim=1)
+
+    def _dense_tokens(self, dense: torch.Tensor) -> torch.Tensor:
+        # (N, width, H, W) -> (N, D, out_dim), pooled to dense_grid x dense_grid first when set
+        if self.dense_grid:
+            dense = F.adaptive_avg_pool2d(dense, self.dense_grid)
+        return self.dense_output(dense.flatten(2).transpose(1, 2))
