@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 from engine_toy import ToyTrainer, toy_cfg
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,10 +38,39 @@ def test_train_benchmark_table(cfg_files, capsys):
 
 
 def test_train_benchmark_json(cfg_files, capsys):
+    # one config prints its object, several a list of them
     args = benchmark.argument_parser().parse_args(["--config-file", cfg_files[0], "--iters", "2", "--json"])
     benchmark.run(args, trainer_cls=ToyTrainer)
-    rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 1 and rows[0]["iters"] == 2 and rows[0]["images_per_s"] > 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["config"] == cfg_files[0] and row["iters"] == 2 and row["images_per_s"] > 0
+    args = benchmark.argument_parser().parse_args(["--config-file", *cfg_files, "--iters", "1", "--json"])
+    benchmark.run(args, trainer_cls=ToyTrainer)
+    assert [r["config"] for r in json.loads(capsys.readouterr().out)] == cfg_files
+
+
+def test_densecap_benchmark_times_both_decoders_on_the_same_regions(capsys):
+    cfg = os.path.join(_ROOT, "configs", "tiny", "pixelllm_tiny_densecap.yaml")
+    argv = ["--config-file", cfg, "--task", "densecap", "--regions", "6", "--iters", "1", "--warmup", "0"]
+    short = ["MODEL.PIXELLLM.DECODE.MAX_LEN", "5"]
+    benchmark.run(benchmark.argument_parser().parse_args(argv + ["--json"] + short))
+    row = json.loads(capsys.readouterr().out)
+    assert row["task"] == "densecap" and row["regions"] == 6 and row["device"] == "cpu"
+    assert row["ours_s"] > 0 and row["official_s"] >= row["official_decode_s"] > 0
+    assert row["speedup"] == pytest.approx(row["official_s"] / row["ours_s"])
+    # the same weights and prompts: the cached decode must give exactly the recomputed tokens
+    assert row["identical"] is True and 1 <= row["mean_tokens"] <= 5
+    benchmark.run(benchmark.argument_parser().parse_args(argv + short))
+    out = capsys.readouterr().out
+    assert "speedup" in out and "official s" in out
+
+
+def test_region_boxes_lie_inside_the_image():
+    boxes = benchmark._region_boxes(50, 30, 40, seed=1)
+    assert boxes.shape == (50, 4)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= 40 + 1e-4).all() and (boxes[:, 3] <= 30 + 1e-4).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert torch.equal(boxes, benchmark._region_boxes(50, 30, 40, seed=1))
 
 
 def test_tasks_are_pluggable(cfg_files, capsys):
