@@ -14,6 +14,7 @@ import os
 from typing import Dict, Iterable, List, Tuple
 
 import torch
+from fvcore.common.checkpoint import _filter_reused_missing_keys
 from torch import nn
 
 __all__ = [
@@ -78,13 +79,15 @@ def split_prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, tor
 
 def load_into(module: nn.Module, state: Dict[str, torch.Tensor], what: str, ignore: Iterable[str] = ()) -> Tuple[List[str], List[str]]:
     """`module.load_state_dict(state, strict=False)` that raises on shape mismatches (naming the key) and logs
-    missing / unexpected keys by name. Returns (missing, unexpected)."""
+    missing / unexpected keys by name; a parameter shared under several names (tied embeddings) is not missing when
+    one of its names was loaded. Returns (missing, unexpected)."""
     own = module.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             raise ValueError(f"{what}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
     result = module.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not any(k.startswith(i) for i in ignore)]
+    missing = _filter_reused_missing_keys(module, result.missing_keys)
+    missing = [k for k in missing if not any(k.startswith(i) for i in ignore)]
     if missing:
         logger.warning("%s: missing keys (left at init): %s", what, ", ".join(missing))
     if result.unexpected_keys:

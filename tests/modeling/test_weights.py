@@ -1,15 +1,17 @@
 """Round trips: small checkpoints written by the upstream libraries' own classes (segment_anything, timm,
 transformers, peft) load through our loaders and give identical outputs."""
+import logging
 import os
 from functools import partial
 
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from pixelllm_d2.modeling import build_model
-from pixelllm_d2.modeling.weights import load_state_dict_file
+from pixelllm_d2.modeling.weights import load_into, load_state_dict_file
 
 from .tiny import tiny_cfg
 
@@ -207,3 +209,23 @@ def test_adapter_with_another_rank_is_refused(tmp_path):
     peft_model.save_pretrained(str(tmp_path / "adapter"))
     with pytest.raises(ValueError, match="r=2"):
         build_model(tiny_cfg("MODEL.PIXELLLM.LANGUAGE.LORA.ADAPTER", str(tmp_path / "adapter")))
+
+
+def test_tied_parameters_loaded_under_one_name_are_not_missing(caplog):
+    # transformers ties T5's embed_tokens / lm_head to shared.weight; files store the tensor under one name
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Linear(3, 3, bias=False)
+            self.head = nn.Linear(3, 3, bias=False)
+            self.head.weight = self.shared.weight
+            self.out = nn.Linear(3, 1)
+
+    torch.manual_seed(0)
+    src, dst = Tied(), Tied()
+    state = {"shared.weight": src.shared.weight.detach().clone(), "out.weight": src.out.weight.detach().clone()}
+    with caplog.at_level(logging.WARNING, logger="pixelllm_d2"):
+        missing, unexpected = load_into(dst, state, "tied.safetensors")
+    assert missing == ["out.bias"] and unexpected == []
+    assert torch.equal(dst.head.weight, src.shared.weight)
+    assert "tied.safetensors" in caplog.text and "out.bias" in caplog.text and "head.weight" not in caplog.text
