@@ -227,7 +227,7 @@ class PixelLLM(nn.Module):
         return images, sizes
 
     def encode_boxes(self, fused: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Visual tokens (K, num_queries, out_dim) for K box prompts (resized pixels) on images `image_index`."""
+        """Visual tokens (K, V, out_dim) (V: TwoWayPromptExtractor) for K box prompts (resized pixels) on `image_index`."""
         pe = self.prompt_encoder
         grid = tuple(fused.shape[-2:])
         return self.prompt_extractor(fused, image_index, pe(boxes=boxes), pe.dense(boxes, grid), pe.dense_pe(grid))
