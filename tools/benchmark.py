@@ -134,18 +134,15 @@ def _region_boxes(n: int, h: int, w: int, seed: int) -> torch.Tensor:
     return torch.stack([x0, y0, x0 + size[:, 0] * w, y0 + size[:, 1] * h], dim=1)
 
 
-def _benchmark_image(path: str, size: int):
-    from pixelllm_d2.predictor import read_image, resize_longest_side
-
-    if path:
-        return resize_longest_side(read_image(path), size)
+def _shapes_scene():
+    """(H, W, 3) uint8 RGB: one scene of the embedded benchmark's generator, fixed by seed 0."""
     import numpy as np
 
     from pixelllm_d2.data.datasets.shapes_scenes import render_scene, sample_scene
 
     rng = np.random.default_rng(0)
     width, height, objects = sample_scene(rng)
-    return resize_longest_side(render_scene(rng, width, height, objects), size)
+    return render_scene(rng, width, height, objects)
 
 
 def _median_time(fn, device, warmup: int, iters: int):
@@ -170,16 +167,17 @@ def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
         re-run), speedup (official_s / ours_s), mean_tokens (per region), identical, device, image_size.
     """
     import torch.nn.functional as F
+    from torch.nn.utils.rnn import pad_sequence
 
     from pixelllm_d2.predictor import PixelLLMPredictor
 
-    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else 0)
-    model = PixelLLMPredictor(cfg).model
-    device = model.device
-    image = _benchmark_image(args.input, cfg.INPUT.IMAGE_SIZE)
-    h, w = image.shape[:2]
-    x = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(), "task": "region"}
-    boxes = _region_boxes(args.regions, h, w, cfg.SEED if cfg.SEED >= 0 else 0).to(device)
+    seed = cfg.SEED if cfg.SEED >= 0 else 0
+    seed_all_rng(seed)
+    predictor = PixelLLMPredictor(cfg)
+    model, device = predictor.model, predictor.model.device
+    x = predictor.prepare(args.input or _shapes_scene(), task="densecap")  # the image alone, resized
+    h, w = x["image"].shape[-2:]
+    boxes = _region_boxes(args.regions, h, w, seed).to(device)
     dec = dict(model.decode_cfg, method="greedy")
     with torch.no_grad():
         images, sizes = model.preprocess_images([x])
@@ -197,10 +195,7 @@ def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
         def official():
             outs = official_decode()
             # predict_points: the language model re-run teacher-forced on the decoded tokens, the head on every state
-            ids = [o["token_ids"] for o in outs]
-            target = torch.zeros(len(ids), max(1, max(len(t) for t in ids)), dtype=torch.long, device=device)
-            for k, t in enumerate(ids):
-                target[k, : len(t)] = t
+            target = pad_sequence([o["token_ids"] for o in outs], batch_first=True, padding_value=0)
             hidden, _, _ = model.language.decode(enc_h, enc_m, F.pad(target, (1, 0), value=0))
             model._token_corners(hidden, wh)
             return outs
