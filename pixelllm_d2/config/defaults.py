@@ -95,6 +95,10 @@ _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 # Width of the MLP that reads a proposal's (mean-pooled) visual tokens and predicts its objectness and box deltas.
 _C.MODEL.ROI_HEADS.BOX_HEAD_DIM = 256
+# Visual tokens of a proposal that the box head averages: "all", or "query" (only the prompt extractor's query
+# tokens, leaving out dense tokens that are the same for every proposal of an image: FUSE sparse+dense with
+# DENSE_SOURCE input).
+_C.MODEL.ROI_HEADS.BOX_HEAD_TOKENS = "all"
 # Box-delta weights (wx, wy, ww, wh) of the refinement head.
 _C.MODEL.ROI_HEADS.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
 # Final detection score: "det" (official: the detection score alone) or "det_x_caption"
@@ -241,6 +245,13 @@ _C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_NUM_HEADS = 8
 _C.MODEL.PIXELLLM.MASK_HEAD.ADAPTER_MLP_DIM = 2048
 # Training prompt for the mask decoder: "pred" (the predicted referring box, detached) or "gt" (the GT box).
 _C.MODEL.PIXELLLM.MASK_HEAD.TRAIN_PROMPT = "pred"
+# With TRAIN_PROMPT "gt": Gaussian noise on each corner of the GT box prompt, std = this fraction of the box's width
+# (x) or height (y), capped at 20 px (SAM's own box-prompt training noise: 0.1). The mask head then learns to find the
+# object from an imprecise box, as the predicted one is at test time. 0: the exact GT box.
+_C.MODEL.PIXELLLM.MASK_HEAD.TRAIN_BOX_NOISE = 0.0
+# At most this many referring expressions of a batch train the mask head (a random subset each step; 0 = all,
+# official). SAM's mask decoder runs once per expression, which makes it the costliest part of a tiny CPU step.
+_C.MODEL.PIXELLLM.MASK_HEAD.TRAIN_MAX_QUERIES = 0
 
 # ViTDet simple feature pyramid on the fused map, for the dense-captioning RPN.
 _C.MODEL.PIXELLLM.PYRAMID = CfgNode()

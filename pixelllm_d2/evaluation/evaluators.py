@@ -174,8 +174,8 @@ class LocaEvaluator(_DatasetGroundTruthEvaluator):
 
 
 class RefEvaluator(_DatasetGroundTruthEvaluator):
-    """Referring: box `P@0.5` and, when the model predicts masks, `mask_cIoU`, `mask_mIoU`, `mask_P@0.5`. Each
-    result is tied to its expression by `query_meta[i]["sent_id"]`."""
+    """Referring: box `P@0.5` and, when the model predicts masks, `mask_cIoU`, `mask_mIoU`, `mask_P@0.5`,
+    `mask_box_P@0.5`. Each result is tied to its expression by `query_meta[i]["sent_id"]`."""
 
     task = "refer"
 

@@ -9,7 +9,7 @@ from enum import IntEnum
 import torch
 from torchvision.ops import box_convert, box_iou
 
-__all__ = ["BoxMode", "box_iou", "clip_boxes", "validate_boxes"]
+__all__ = ["BoxMode", "box_iou", "clip_boxes", "jitter_boxes", "validate_boxes"]
 
 
 class BoxMode(IntEnum):
@@ -42,6 +42,20 @@ def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor
     x = boxes[..., 0::2].clamp(0, width)
     y = boxes[..., 1::2].clamp(0, height)
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+def jitter_boxes(boxes: torch.Tensor, fraction: float, image_wh: torch.Tensor, max_px: float = 20.0) -> torch.Tensor:
+    """SAM's box-prompt noise: Gaussian noise on every coordinate of (N, 4) XYXY boxes with std `fraction` of the box
+    width (x) or height (y), at most `max_px`, drawn with torch's global RNG; the result is clipped to each box's
+    image (`image_wh` (N, 2) width, height) and its corners re-ordered so x0 <= x1, y0 <= y1."""
+    size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    std = (fraction * size).clamp(max=max_px).repeat(1, 2)
+    noisy = boxes + torch.randn(boxes.shape, dtype=boxes.dtype, device=boxes.device) * std
+    wh = image_wh.to(boxes.dtype).repeat(1, 2)
+    noisy = torch.minimum(noisy.clamp(min=0), wh)
+    lo = torch.minimum(noisy[:, :2], noisy[:, 2:])
+    hi = torch.maximum(noisy[:, :2], noisy[:, 2:])
+    return torch.cat([lo, hi], dim=1)
 
 
 def validate_boxes(boxes: torch.Tensor, height: float, width: float, what: str = "boxes", tol: float = 1.0) -> None:

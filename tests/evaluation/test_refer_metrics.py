@@ -56,6 +56,20 @@ def test_cumulative_and_mean_iou_differ():
     assert results["mask_cIoU"] == pytest.approx(104 / 404)
     assert results["mask_mIoU"] == pytest.approx((1 + 0.25) / 2)
     assert results["mask_P@0.5"] == pytest.approx(0.5)
+    # the second mask's box [10, 0, 20, 30] has IoU 100 / 400 with the GT box: only the first is a hit
+    assert results["mask_box_P@0.5"] == pytest.approx(0.5)
+
+
+def test_mask_box_is_scored_apart_from_the_predicted_box():
+    # The predicted box misses, but the mask's bounding box is the GT box (and the reverse); an empty mask has no box.
+    gt = refer_gt([(k, 1, [0, 0, 10, 10], [[0, 0, 10, 0, 10, 10, 0, 10]]) for k in (1, 2, 3)])
+    preds = [pred(1, 1, [20, 20, 10, 10], rect_mask(40, 40, 0, 0, 10, 10)),
+             pred(2, 1, [0, 0, 10, 10], rect_mask(40, 40, 20, 20, 30, 30)),
+             pred(3, 1, [0, 0, 10, 10], rect_mask(40, 40, 0, 0, 0, 0))]
+    results = evaluate_predictions("refer", gt, preds)
+    assert results["P@0.5"] == pytest.approx(2 / 3)
+    assert results["mask_box_P@0.5"] == pytest.approx(1 / 3)
+    assert results["mask_P@0.5"] == pytest.approx(1 / 3)
 
 
 def test_missing_prediction_counts_as_a_miss(caplog):
@@ -64,7 +78,8 @@ def test_missing_prediction_counts_as_a_miss(caplog):
     with caplog.at_level(logging.WARNING, logger="pixelllm_d2.evaluation.refer"):
         results = evaluate_predictions("refer", gt, [pred(1, 1, [0, 0, 10, 10], rect_mask(40, 40, 0, 0, 10, 10))])
     assert "1 of 2 expressions have no prediction" in caplog.text
-    assert results == pytest.approx({"P@0.5": 0.5, "mask_cIoU": 0.5, "mask_mIoU": 0.5, "mask_P@0.5": 0.5})
+    assert results == pytest.approx({"P@0.5": 0.5, "mask_cIoU": 0.5, "mask_mIoU": 0.5, "mask_P@0.5": 0.5,
+                                     "mask_box_P@0.5": 0.5})
 
 
 def test_box_only_predictions_give_box_metrics_only():

@@ -124,3 +124,32 @@ def test_densecap_input_without_the_head_is_a_clear_error():
     model = build_model(cfg).eval()
     with pytest.raises(ValueError, match="DENSECAP_ON"):
         model([densecap_input()])
+
+
+SHARED_DENSE = ("MODEL.PIXELLLM.PROMPT_EXTRACTOR.FUSE", "sparse+dense", "MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_SOURCE",
+                "input", "MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_GRID", 2)
+
+
+@pytest.mark.parametrize("tokens,box_tokens", [("all", 0), ("query", 4)])
+def test_box_head_can_pool_only_the_query_tokens(tokens, box_tokens):
+    # The projected map's dense tokens are the same for every proposal of an image; "query" leaves them out.
+    model = densecap_model(*SHARED_DENSE, "MODEL.ROI_HEADS.BOX_HEAD_TOKENS", tokens)
+    heads = model.roi_heads
+    assert heads.box_tokens == box_tokens
+    n = model.prompt_extractor.num_queries
+    visual = torch.randn(3, n + 4, heads.box_head[0].normalized_shape[0])
+    changed = visual.clone()
+    changed[:, n:] = torch.randn(3, 4, visual.shape[-1])  # other dense tokens
+    same = all(torch.equal(a, b) for a, b in zip(heads.predict(visual), heads.predict(changed)))
+    assert same == (tokens == "query")
+    changed[:, 0] += 1.0
+    assert not torch.equal(heads.predict(visual)[0], heads.predict(changed)[0])
+
+
+@pytest.mark.parametrize("opts,message", [
+    (("MODEL.ROI_HEADS.BOX_HEAD_TOKENS", "dense"), "must be 'all' or 'query'"),
+    (("MODEL.ROI_HEADS.BOX_HEAD_TOKENS", "query", "MODEL.PIXELLLM.PROMPT_EXTRACTOR.FUSE", "dense"), "needs query tokens"),
+])
+def test_box_head_tokens_bad_values(opts, message):
+    with pytest.raises(ValueError, match=message):
+        densecap_model(*opts)

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pixelllm_d2.modeling.language.location_head import points_to_boxes
 
@@ -140,6 +141,93 @@ def test_inference_outputs_follow_the_contract(batch):
     assert refer["pred_masks"].shape == (2, 96, 128) and refer["pred_masks"].dtype == torch.bool
     region = outs[2]
     assert torch.equal(region["pred_boxes"], torch.tensor([[5.0, 5.0, 30.0, 30.0]]))
+
+
+def _pad_text(batch, extra):
+    """The batch with `extra` more pad columns in every context / target (and its token boxes)."""
+    out = []
+    for x in batch:
+        x = dict(x, context_ids=F.pad(x["context_ids"], (0, extra)))
+        if "target_ids" in x:
+            x["target_ids"] = F.pad(x["target_ids"], (0, extra))
+        if "token_boxes" in x:
+            x["token_boxes"] = F.pad(x["token_boxes"], (0, 0, 0, extra))
+        out.append(x)
+    return out
+
+
+def test_trailing_text_padding_changes_nothing(batch):
+    # The mapper pads to MAX_CONTEXT_LEN / MAX_TEXT_LEN and the predictor to the longest text of a call; the model
+    # drops all-pad columns and pads the mask adapter's text to MAX_TEXT_LEN, so no result depends on the padding.
+    model = tiny_model()
+    model.train()
+    torch.manual_seed(0)
+    short = model(batch)
+    torch.manual_seed(0)
+    long = model(_pad_text(batch, 6))
+    assert short.keys() == long.keys()
+    for k in short:
+        assert torch.allclose(short[k], long[k], atol=1e-6), k
+    model.eval()
+    short, long = model(batch), model(_pad_text(batch, 6))
+    assert torch.allclose(short[1]["pred_boxes"], long[1]["pred_boxes"], atol=1e-5)
+    assert torch.equal(short[1]["pred_masks"], long[1]["pred_masks"])
+    for a, b in zip(short[0]["token_boxes"], long[0]["token_boxes"]):  # teacher-forced trace
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_referring_result_does_not_depend_on_the_other_expressions(batch):
+    # The language model runs on the batch's longest text; a shorter expression's box and mask must not change.
+    model = tiny_model()
+    model.eval()
+    with torch.no_grad():
+        model.mask_head.adapter.alpha.fill_(1.0)  # open the adapter's gate (zero at init) so the text reaches the mask
+    x = {k: v for k, v in batch[1].items() if k not in ("ref_boxes", "gt_masks")}
+    alone = dict(x, prompt_boxes=x["prompt_boxes"][:1], context_ids=x["context_ids"][:1], target_ids=x["target_ids"][:1])
+    longer = dict(x, context_ids=torch.stack([x["context_ids"][0], encode("where is the small blue square on the left")]),
+                  target_ids=torch.stack([x["target_ids"][0], encode("the small blue square on the left")]))
+    a, b = model([alone])[0], model([longer])[0]
+    assert torch.allclose(a["pred_boxes"][0], b["pred_boxes"][0], atol=1e-5)
+    # batch-size numerics move the score by ~5e-5; a text-length dependence moved it by 6e-4 (measured)
+    assert torch.allclose(a["mask_scores"][0], b["mask_scores"][0], atol=2e-4)
+    ma, mb = a["pred_masks"][0], b["pred_masks"][0]
+    assert (ma & mb).sum() / (ma | mb).sum().clamp(min=1) > 0.99
+
+
+@pytest.mark.parametrize("cap,trained", [(0, 2), (1, 1), (5, 2)])
+def test_mask_train_max_queries_caps_the_trained_masks(batch, cap, trained):
+    model = tiny_model("MODEL.PIXELLLM.MASK_HEAD.TRAIN_MAX_QUERIES", cap)
+    model.train()
+    seen = []
+    hook = model.mask_head.register_forward_hook(lambda m, i, o: seen.append(o[0].shape[0]))
+    losses = model([batch[1]])  # two referring expressions with masks
+    hook.remove()
+    assert seen == [trained]
+    assert all(torch.isfinite(losses[k]) for k in ("loss_mask_focal", "loss_mask_dice", "loss_mask_iou"))
+
+
+@pytest.mark.parametrize("key,value,message", [("TRAIN_MAX_QUERIES", -1, "mask_train_max_queries must be >= 0"),
+                                               ("TRAIN_BOX_NOISE", -0.1, "mask_train_box_noise must be >= 0")])
+def test_mask_train_options_must_not_be_negative(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(f"MODEL.PIXELLLM.MASK_HEAD.{key}", value)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_mask_head_trains_on_the_gt_box_with_optional_noise(batch, noise):
+    model = tiny_model("MODEL.PIXELLLM.MASK_HEAD.TRAIN_PROMPT", "gt", "MODEL.PIXELLLM.MASK_HEAD.TRAIN_BOX_NOISE", noise)
+    model.train()
+    prompts = []
+    orig = model.prompt_encoder.embed_boxes
+    model.prompt_encoder.embed_boxes = lambda boxes: prompts.append(boxes.clone()) or orig(boxes)
+    model([batch[1]])
+    gt, mask_prompt = batch[1]["ref_boxes"], prompts[-1]  # the first call embeds the whole-image prompt
+    assert len(prompts) == 2 and mask_prompt.shape == gt.shape
+    if noise == 0.0:
+        assert torch.equal(mask_prompt, gt)
+    else:
+        assert not torch.equal(mask_prompt, gt)
+        assert (mask_prompt[:, 0] <= mask_prompt[:, 2]).all() and (mask_prompt[:, 1] <= mask_prompt[:, 3]).all()
 
 
 def test_referring_box_is_the_last_words_location(batch):

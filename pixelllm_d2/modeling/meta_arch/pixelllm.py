@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
+from ...structures import jitter_boxes
 from ...tokenizer import build_tokenizer
 from ..build import BACKBONE_REGISTRY, LANGUAGE_MODEL_REGISTRY, META_ARCH_REGISTRY, PROMPT_EXTRACTOR_REGISTRY
 from ..language.decoding import generate
@@ -52,6 +53,10 @@ class PixelLLM(nn.Module):
             "mask_iou", "det"}.
         decode: {"method": "greedy"|"beam", "num_beams", "length_penalty", "max_len", "no_immediate_repeat"}.
         mask_train_prompt: "pred" (detached predicted box) or "gt".
+        mask_train_box_noise: with mask_train_prompt "gt", Gaussian noise on each box corner with std this fraction
+            of the box width / height, capped at 20 px (SAM's box-prompt noise is 0.1); drawn with torch's RNG.
+        mask_train_max_queries: at most this many referring expressions per batch train the mask head, drawn at
+            random with torch's RNG (0: all).
         densecap_score: final dense-caption score, "det" (official) or "det_x_caption" (sqrt(det * exp(mean
             caption log-prob)), detections re-ranked by it).
         region_points: supervise every token of a region / dense caption with the region's GT box (official).
@@ -79,6 +84,8 @@ class PixelLLM(nn.Module):
         loss_weights: Dict[str, float] = None,
         decode: Dict = None,
         mask_train_prompt: str = "pred",
+        mask_train_box_noise: float = 0.0,
+        mask_train_max_queries: int = 0,
         densecap_score: str = "det",
         region_points: bool = True,
         sam_checkpoint: str = "",
@@ -108,6 +115,12 @@ class PixelLLM(nn.Module):
         if mask_train_prompt not in ("pred", "gt"):
             raise ValueError(f"mask_train_prompt must be 'pred' or 'gt', got {mask_train_prompt!r}")
         self.mask_train_prompt = mask_train_prompt
+        if mask_train_box_noise < 0:
+            raise ValueError(f"mask_train_box_noise must be >= 0, got {mask_train_box_noise}")
+        self.mask_train_box_noise = mask_train_box_noise
+        if mask_train_max_queries < 0:
+            raise ValueError(f"mask_train_max_queries must be >= 0 (0 = all), got {mask_train_max_queries}")
+        self.mask_train_max_queries = mask_train_max_queries
         if densecap_score not in ("det", "det_x_caption"):
             raise ValueError(f"dense-caption score must be 'det' or 'det_x_caption', got {densecap_score!r}")
         self.densecap_score = densecap_score
@@ -168,6 +181,8 @@ class PixelLLM(nn.Module):
                 no_immediate_repeat=p.DECODE.NO_IMMEDIATE_REPEAT,
             ),
             mask_train_prompt=p.MASK_HEAD.TRAIN_PROMPT,
+            mask_train_box_noise=p.MASK_HEAD.TRAIN_BOX_NOISE,
+            mask_train_max_queries=p.MASK_HEAD.TRAIN_MAX_QUERIES,
             densecap_score=cfg.MODEL.ROI_HEADS.SCORE_MODE,
             region_points=p.LOSS.REGION_POINTS,
             sam_checkpoint=p.SAM.CHECKPOINT,
@@ -275,6 +290,12 @@ class PixelLLM(nn.Module):
         # Low-res logits (Q, 4h, 4w) -> padded-input resolution (Q, S, S).
         pe = self.prompt_encoder
         sam = feats["sam"]
+        # The adapter attends to pad positions as zero vectors (SAM's transformer has no key mask), so the text is
+        # always padded to MAX_TEXT_LEN: a query's mask never depends on the other texts of its batch.
+        extra = self.max_text_len - text_feats.shape[1]
+        if extra > 0:
+            text_feats = F.pad(text_feats, (0, 0, 0, extra))
+            text_mask = F.pad(text_mask, (0, extra), value=False)
         logits, iou = self.mask_head(
             sam, q.image_index, pe.embed_boxes(boxes), visual, text_feats, text_mask, pe.dense_pe(tuple(sam.shape[-2:])), pe.no_mask_embed
         )
@@ -307,6 +328,7 @@ class PixelLLM(nn.Module):
             losses.setdefault("loss_text", zero)
             return losses
 
+        q = q.trimmed()
         enc_h, enc_m = self.language.encode(visual, q.context_ids)
         dec_in = F.pad(q.target_ids[:, :-1], (1, 0), value=0)  # BOS = pad id 0, T5 convention
         hidden, logits, _ = self.language.decode(enc_h, enc_m, dec_in)
@@ -433,9 +455,17 @@ class PixelLLM(nn.Module):
             return {}
         ref_index = refer.nonzero(as_tuple=True)[0]
         pick = has_mask[ref_index]
+        cap = self.mask_train_max_queries
+        if cap and int(pick.sum()) > cap:
+            keep = pick.nonzero(as_tuple=True)[0]
+            keep = keep[torch.randperm(len(keep), device=keep.device)[:cap]]
+            pick = torch.zeros_like(pick)
+            pick[keep] = True
         sub = q.select(ref_index[pick])
         if self.mask_train_prompt == "gt":
             boxes = sub.ref_boxes
+            if self.mask_train_box_noise > 0:
+                boxes = jitter_boxes(boxes, self.mask_train_box_noise, sub.image_wh)
         else:
             boxes = points_to_boxes(ref_pred[pick].detach().unflatten(-1, (2, 2)))
         text_mask = torch.ones_like(dec_in[ref_index[pick]], dtype=torch.bool)
@@ -491,6 +521,7 @@ class PixelLLM(nn.Module):
     def _teacher_forced(self, feats, q: Queries, dec) -> List[Dict]:
         """Run the decoder on the given text (referring: the expression; trace evaluation: the GT narrative)."""
         visual = self.encode_prompts(feats["fused"], q)
+        q = q.trimmed()
         enc_h, enc_m = self.language.encode(visual, q.context_ids)
         dec_in = F.pad(q.target_ids[:, :-1], (1, 0), value=0)
         hidden, _, _ = self.language.decode(enc_h, enc_m, dec_in)

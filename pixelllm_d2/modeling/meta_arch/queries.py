@@ -1,5 +1,5 @@
 """Flattening the per-image queries of a batch (DESIGN.md §2) into one padded set of tensors."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 import torch
@@ -55,6 +55,25 @@ class Queries:
 
     def task_mask(self, *names: str) -> torch.Tensor:
         return torch.tensor([t in names for t in self.task], dtype=torch.bool, device=self.image_index.device)
+
+    def trimmed(self) -> "Queries":
+        """The same queries with the columns that are padding in every row cut from the end of `context_ids` and
+        `target_ids` (and `token_boxes`). The encoder masks pad keys and the decoder is causal, so the outputs at
+        the kept positions do not change; the language model just runs on fewer positions (refer / region /
+        densecap targets are a few words, padded to MAX_TEXT_LEN)."""
+
+        def used(ids: torch.Tensor) -> int:
+            cols = (ids != 0).any(dim=0).nonzero()
+            return int(cols[-1]) + 1 if len(cols) else min(1, ids.shape[1])
+
+        c = used(self.context_ids)
+        t = None if self.target_ids is None else used(self.target_ids)
+        return replace(
+            self,
+            context_ids=self.context_ids[:, :c],
+            target_ids=None if t is None else self.target_ids[:, :t],
+            token_boxes=None if self.token_boxes is None or t is None else self.token_boxes[:, :t],
+        )
 
     def select(self, index: torch.Tensor) -> "Queries":
         """The queries at `index` (a (K,) int64 or (Q,) bool tensor)."""

@@ -29,6 +29,9 @@ class PromptROIHeads(nn.Module):
         append_gt: add the GT boxes to the proposals in training.
         score_thresh, nms_thresh, detections_per_image: test-time filtering (official: 0.05, 0.5, 100).
         bbox_reg_weights: (wx, wy, ww, wh) of the box coder.
+        box_tokens: the box head averages the first `box_tokens` visual tokens of a proposal (0: all of them), e.g.
+            only the query tokens, not the projected map's dense tokens that follow them and are the same for every
+            proposal of an image (`ROI_HEADS.BOX_HEAD_TOKENS query`).
     """
 
     @configurable
@@ -46,6 +49,7 @@ class PromptROIHeads(nn.Module):
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
         bbox_reg_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        box_tokens: int = 0,
     ):
         super().__init__()
         self.box_head = nn.Sequential(
@@ -63,10 +67,19 @@ class PromptROIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        if box_tokens < 0:
+            raise ValueError(f"box_tokens must be >= 0 (0 = all), got {box_tokens}")
+        self.box_tokens = box_tokens
 
     @classmethod
     def from_config(cls, cfg):
         r = cfg.MODEL.ROI_HEADS
+        if r.BOX_HEAD_TOKENS not in ("all", "query"):
+            raise ValueError(f"MODEL.ROI_HEADS.BOX_HEAD_TOKENS must be 'all' or 'query', got {r.BOX_HEAD_TOKENS!r}")
+        p = cfg.MODEL.PIXELLLM.PROMPT_EXTRACTOR
+        if r.BOX_HEAD_TOKENS == "query" and p.FUSE == "dense":
+            raise ValueError("MODEL.ROI_HEADS.BOX_HEAD_TOKENS 'query' needs query tokens (PROMPT_EXTRACTOR.FUSE sparse "
+                             "or sparse+dense)")
         return dict(
             token_dim=cfg.MODEL.PIXELLLM.PROMPT_EXTRACTOR.OUT_DIM,
             hidden_dim=r.BOX_HEAD_DIM,
@@ -79,10 +92,13 @@ class PromptROIHeads(nn.Module):
             nms_thresh=r.NMS_THRESH_TEST,
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             bbox_reg_weights=tuple(r.BBOX_REG_WEIGHTS),
+            box_tokens=p.NUM_QUERIES if r.BOX_HEAD_TOKENS == "query" else 0,
         )
 
     def predict(self, visual: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(K, V, D) visual tokens -> objectness logits (K,) and box deltas (K, 4)."""
+        if self.box_tokens:
+            visual = visual[:, : self.box_tokens]
         h = self.box_head(visual.mean(dim=1))
         return self.objectness(h)[:, 0], self.deltas(h)
 
