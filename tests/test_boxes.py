@@ -1,11 +1,19 @@
-"""Box helpers: SAM-style box-prompt noise."""
+"""Box helpers: clipping (one size for all boxes or one per box) and SAM-style box-prompt noise."""
 import pytest
 import torch
 
-from pixelllm_d2.structures import jitter_boxes
+from pixelllm_d2.structures import clip_boxes, jitter_boxes
 
 BOXES = torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 100.0, 100.0], [90.0, 5.0, 98.0, 15.0]])
 IMAGE_WH = torch.tensor([[100.0, 60.0], [100.0, 100.0], [100.0, 60.0]])
+
+
+def test_clip_boxes_to_one_size_or_one_size_per_box():
+    boxes = torch.tensor([[-5.0, 3.0, 120.0, 70.0], [10.0, -2.0, 50.0, 200.0]])
+    assert torch.equal(clip_boxes(boxes, 60, 100), torch.tensor([[0.0, 3.0, 100.0, 60.0], [10.0, 0.0, 50.0, 60.0]]))
+    wh = torch.tensor([[100.0, 60.0], [80.0, 150.0]])
+    assert torch.equal(clip_boxes(boxes, wh[:, 1:], wh[:, :1]),
+                       torch.tensor([[0.0, 3.0, 100.0, 60.0], [10.0, 0.0, 50.0, 150.0]]))
 
 
 def test_jitter_scales_with_the_box_side_and_is_capped():

@@ -37,10 +37,11 @@ class BoxMode(IntEnum):
         return out.numpy().astype(getattr(boxes, "dtype", "float64"))
 
 
-def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
-    """Clip (..., 4) XYXY boxes to [0, width] x [0, height]."""
-    x = boxes[..., 0::2].clamp(0, width)
-    y = boxes[..., 1::2].clamp(0, height)
+def clip_boxes(boxes: torch.Tensor, height, width) -> torch.Tensor:
+    """Clip (..., 4) XYXY boxes to [0, width] x [0, height]; `height` / `width` are numbers or tensors of shape
+    (..., 1) (one image size per box)."""
+    x = boxes[..., 0::2].clamp(min=0).clamp(max=width)
+    y = boxes[..., 1::2].clamp(min=0).clamp(max=height)
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 
@@ -51,8 +52,8 @@ def jitter_boxes(boxes: torch.Tensor, fraction: float, image_wh: torch.Tensor, m
     size = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
     std = (fraction * size).clamp(max=max_px).repeat(1, 2)
     noisy = boxes + torch.randn(boxes.shape, dtype=boxes.dtype, device=boxes.device) * std
-    wh = image_wh.to(boxes.dtype).repeat(1, 2)
-    noisy = torch.minimum(noisy.clamp(min=0), wh)
+    wh = image_wh.to(boxes.dtype)
+    noisy = clip_boxes(noisy, wh[:, 1:], wh[:, :1])
     lo = torch.minimum(noisy[:, :2], noisy[:, 2:])
     hi = torch.maximum(noisy[:, :2], noisy[:, 2:])
     return torch.cat([lo, hi], dim=1)

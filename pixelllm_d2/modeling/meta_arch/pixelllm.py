@@ -461,16 +461,17 @@ class PixelLLM(nn.Module):
             keep = keep[torch.randperm(len(keep), device=keep.device)[:cap]]
             pick = torch.zeros_like(pick)
             pick[keep] = True
-        sub = q.select(ref_index[pick])
+        idx = ref_index[pick]
+        sub = q.select(idx)
         if self.mask_train_prompt == "gt":
             boxes = sub.ref_boxes
             if self.mask_train_box_noise > 0:
                 boxes = jitter_boxes(boxes, self.mask_train_box_noise, sub.image_wh)
         else:
             boxes = points_to_boxes(ref_pred[pick].detach().unflatten(-1, (2, 2)))
-        text_mask = torch.ones_like(dec_in[ref_index[pick]], dtype=torch.bool)
-        text_mask[:, 1:] = dec_in[ref_index[pick]][:, 1:] != 0
-        logits, iou = self._mask_logits(feats, sub, boxes, visual[ref_index[pick]], hidden[ref_index[pick]], text_mask)
+        text_mask = torch.ones_like(dec_in[idx], dtype=torch.bool)
+        text_mask[:, 1:] = dec_in[idx][:, 1:] != 0
+        logits, iou = self._mask_logits(feats, sub, boxes, visual[idx], hidden[idx], text_mask)
         s = self.image_size
         gt = torch.zeros(len(sub), s, s, dtype=torch.bool, device=logits.device)
         valid = torch.zeros_like(gt)
