@@ -187,17 +187,17 @@ def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
         wh = torch.tensor([[w, h]], dtype=torch.float32, device=device).expand(len(boxes), 2)
 
         def ours():
-            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=True)
+            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=True, image_map=fused, image_index=index)
 
         def official_decode():
-            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=False)
+            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=False, image_map=fused, image_index=index)
 
         def official():
             outs = official_decode()
             # predict_points: the language model re-run teacher-forced on the decoded tokens, the head on every state
             target = pad_sequence([o["token_ids"] for o in outs], batch_first=True, padding_value=0)
             hidden, _, _ = model.language.decode(enc_h, enc_m, F.pad(target, (1, 0), value=0))
-            model._token_corners(hidden, wh)
+            model._token_corners(hidden, wh, fused, index)
             return outs
 
         ours_s, a = _median_time(ours, device, args.warmup, args.iters)

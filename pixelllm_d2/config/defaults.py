@@ -230,11 +230,16 @@ _C.MODEL.PIXELLLM.LANGUAGE.LORA.TARGET_MODULES = r".*(SelfAttention|EncDecAttent
 # A saved PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to load. Empty: fresh LoRA.
 _C.MODEL.PIXELLLM.LANGUAGE.LORA.ADAPTER = ""
 
-# Location head: MLP on every decoder hidden state -> two corner points per token.
+# Location head: every decoder hidden state -> two corner points per token.
 _C.MODEL.PIXELLLM.LOCATION_HEAD = CfgNode()
+# "MLPLocationHead" (the paper: an MLP on the token) or "MapAttentionLocationHead" (the token attends over the fused
+# map's cells and the box is centred on what it attends to; for models trained from scratch, MODEL_ZOO.md).
+_C.MODEL.PIXELLLM.LOCATION_HEAD.NAME = "MLPLocationHead"
 _C.MODEL.PIXELLLM.LOCATION_HEAD.HIDDEN_DIM = 512
 # Linear layers in the MLP (official: 4 = 3 hidden layers + output).
 _C.MODEL.PIXELLLM.LOCATION_HEAD.NUM_LAYERS = 4
+# MapAttentionLocationHead: width of the attention's queries and keys.
+_C.MODEL.PIXELLLM.LOCATION_HEAD.KEY_DIM = 64
 
 # Referring masks: SAM mask decoder prompted with the predicted box, plus a trainable adapter on the box tokens.
 _C.MODEL.PIXELLLM.MASK_HEAD = CfgNode()
@@ -286,6 +291,9 @@ _C.MODEL.PIXELLLM.LOSS.REGION_POINTS = True
 # Referring box: corner L1 (pixels) at the last word, and optional GIoU.
 _C.MODEL.PIXELLLM.LOSS.REF_BOX_WEIGHT = 0.1
 _C.MODEL.PIXELLLM.LOSS.REF_GIOU_WEIGHT = 0.0
+# MapAttentionLocationHead: cross-entropy of each located token's attention over the map cells against the cells
+# inside its target box (every token with a point target, and the referring box), times this weight.
+_C.MODEL.PIXELLLM.LOSS.CELL_WEIGHT = 0.0
 # Mask: sigmoid focal x20 + dice x1 + predicted-IoU MSE x1 (SAM's recipe, official weights).
 _C.MODEL.PIXELLLM.LOSS.MASK_FOCAL_WEIGHT = 20.0
 _C.MODEL.PIXELLLM.LOSS.MASK_DICE_WEIGHT = 1.0

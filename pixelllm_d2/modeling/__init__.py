@@ -3,6 +3,7 @@ from . import backbone, language, mask, prompt, proposal, roi_heads  # noqa: F40
 from .build import (
     BACKBONE_REGISTRY,
     LANGUAGE_MODEL_REGISTRY,
+    LOCATION_HEAD_REGISTRY,
     META_ARCH_REGISTRY,
     PROMPT_EXTRACTOR_REGISTRY,
     PROPOSAL_GENERATOR_REGISTRY,
@@ -15,6 +16,7 @@ from .meta_arch import PixelLLM
 __all__ = [
     "BACKBONE_REGISTRY",
     "LANGUAGE_MODEL_REGISTRY",
+    "LOCATION_HEAD_REGISTRY",
     "META_ARCH_REGISTRY",
     "PROMPT_EXTRACTOR_REGISTRY",
     "PROPOSAL_GENERATOR_REGISTRY",

@@ -13,6 +13,7 @@ __all__ = [
     "BACKBONE_REGISTRY",
     "PROMPT_EXTRACTOR_REGISTRY",
     "LANGUAGE_MODEL_REGISTRY",
+    "LOCATION_HEAD_REGISTRY",
     "PROPOSAL_GENERATOR_REGISTRY",
     "ROI_HEADS_REGISTRY",
     "build_model",
@@ -33,6 +34,9 @@ PROMPT_EXTRACTOR_REGISTRY.__doc__ = (
 
 LANGUAGE_MODEL_REGISTRY = Registry("LANGUAGE_MODEL")
 LANGUAGE_MODEL_REGISTRY.__doc__ = "Prefix language models (cfg.MODEL.PIXELLLM.LANGUAGE.NAME)."
+
+LOCATION_HEAD_REGISTRY = Registry("LOCATION_HEAD")
+LOCATION_HEAD_REGISTRY.__doc__ = "Per-token location heads: decoder states -> two corners (cfg.MODEL.PIXELLLM.LOCATION_HEAD.NAME)."
 
 PROPOSAL_GENERATOR_REGISTRY = Registry("PROPOSAL_GENERATOR")
 PROPOSAL_GENERATOR_REGISTRY.__doc__ = "Class-agnostic proposal generators for dense captioning."

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-__all__ = ["text_loss", "corner_l1_loss", "giou_loss", "mask_losses"]
+__all__ = ["text_loss", "corner_l1_loss", "cell_loss", "giou_loss", "mask_losses"]
 
 
 def text_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, smoothing: float = 0.1, pad_id: int = 0, eos_id: int = 1) -> torch.Tensor:
@@ -37,6 +37,15 @@ def corner_l1_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     if not valid.any():
         return pred.sum() * 0.0
     return (pred[valid].float() - target[valid].float()).abs().mean()
+
+
+def cell_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (N, K) logits (-inf allowed where the target is 0) against (N, K) target
+    distributions."""
+    if logits.numel() == 0:
+        return logits.sum() * 0.0
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -torch.where(target > 0, target * logp, torch.zeros_like(logp)).sum(-1).mean()
 
 
 def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pixelllm_d2.modeling.backbone import DualViTBackbone, EVA02Encoder, build_sam_image_encoder
-from pixelllm_d2.modeling.language.location_head import MLPLocationHead
-from pixelllm_d2.modeling.losses import corner_l1_loss, mask_losses, text_loss
+from pixelllm_d2.modeling.language.location_head import MapAttentionLocationHead, MLPLocationHead, cell_targets
+from pixelllm_d2.modeling.losses import cell_loss, corner_l1_loss, mask_losses, text_loss
 from pixelllm_d2.modeling.prompt import SAMPromptEncoder, TwoWayPromptExtractor
 
 from .tiny import tiny_cfg
@@ -162,6 +162,77 @@ def test_location_head_maps_zero_output_to_the_image_centre():
     assert pts.shape == (2, 3, 2, 2)
     assert torch.allclose(pts[0], torch.tensor([50.0, 25.0]).expand(3, 2, 2))
     assert torch.allclose(pts[1], torch.tensor([32.0, 24.0]).expand(3, 2, 2))
+
+
+def _attention_head():
+    torch.manual_seed(0)
+    return MapAttentionLocationHead(in_dim=8, map_dim=6, hidden_dim=16, num_layers=2, key_dim=4, image_size=64)
+
+
+def test_map_attention_head_centres_the_box_on_the_attended_cell():
+    head = _attention_head()
+    torch.nn.init.zeros_(head.mlp[-1].weight)
+    torch.nn.init.zeros_(head.mlp[-1].bias)  # no offset; size = half the image
+    fmap = torch.zeros(2, 6, 4, 4)  # 16 px cells over the 64 px input
+    fmap[1, :, 2, 3] = 50.0  # image 1: one cell stands out (row 2, column 3)
+    with torch.no_grad():
+        head.key_pos.weight.zero_()
+        head.key_pos.bias.zero_()
+        head.key.weight.copy_(torch.eye(4, 6))
+        head.key.bias.zero_()
+        head.query[1].weight.zero_()
+        head.query[1].bias.fill_(10.0)
+    wh = torch.tensor([[64.0, 64.0], [64.0, 48.0]])
+    corners, logits = head(torch.randn(2, 3, 8), wh, fmap, torch.tensor([0, 1]), return_logits=True)
+    assert corners.shape == (2, 3, 2, 2) and logits.shape == (2, 3, 16)
+    # image 0: uniform attention -> the centre of the map; image 1: the bright cell's centre (56, 40)
+    assert torch.allclose(corners[0].mean(dim=-2), torch.tensor([32.0, 32.0]).expand(3, 2), atol=1e-4)
+    assert torch.allclose(corners[1].mean(dim=-2), torch.tensor([56.0, 40.0]).expand(3, 2), atol=1e-3)
+    assert torch.allclose(corners[1, :, 1] - corners[1, :, 0], torch.tensor([32.0, 24.0]).expand(3, 2), atol=1e-4)
+
+
+def test_map_attention_head_never_attends_to_padding_cells():
+    head = _attention_head()
+    fmap = torch.randn(1, 6, 4, 4)
+    wh = torch.tensor([[64.0, 20.0]])  # rows 2 and 3 (y >= 32) hold no image pixel
+    corners, logits = head(torch.randn(1, 5, 8), wh, fmap, torch.tensor([0]), return_logits=True)
+    p = logits.softmax(-1).view(1, 5, 4, 4)
+    assert torch.equal(p[:, :, 2:], torch.zeros_like(p[:, :, 2:])) and (p[:, :, :2] > 0).all()
+    with pytest.raises(ValueError, match="needs the fused image map"):
+        head(torch.randn(1, 5, 8), wh, None, None)
+
+
+def test_map_attention_head_keeps_positions_in_float32_under_bf16_autocast():
+    head = _attention_head()
+    args = (torch.randn(2, 3, 8), torch.tensor([[64.0, 64.0], [64.0, 48.0]]), torch.randn(2, 6, 4, 4), torch.tensor([0, 1]))
+    want = head(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(*args)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=2.0)  # bf16 features, float32 positions
+
+
+@pytest.mark.parametrize(
+    "box, cells",
+    [
+        ([0.0, 0.0, 36.0, 20.0], [0, 1]),  # cell centres (8, 8) and (24, 8) are inside, (40, 8) is not
+        ([17.0, 17.0, 22.0, 22.0], [5]),  # no centre inside: the cell holding the box centre
+        ([63.0, 63.0, 64.0, 64.0], [15]),
+    ],
+)
+def test_cell_targets_cover_the_box(box, cells):
+    t = cell_targets(torch.tensor([box]), (4, 4), 64)
+    want = torch.zeros(1, 16)
+    want[0, cells] = 1.0 / len(cells)
+    assert torch.allclose(t, want)
+
+
+def test_cell_loss_is_cross_entropy_and_ignores_masked_cells():
+    logits = torch.tensor([[2.0, 0.5, float("-inf")], [0.0, 1.0, 3.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    want = (-torch.log_softmax(logits[0], -1)[0] - 0.5 * torch.log_softmax(logits[1], -1)[1:].sum()) / 2
+    assert torch.allclose(cell_loss(logits, target), want)
+    assert cell_loss(torch.zeros(0, 3), torch.zeros(0, 3)) == 0
 
 
 def test_text_loss_is_grit_label_smoothing():

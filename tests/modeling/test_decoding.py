@@ -3,7 +3,7 @@ import torch
 
 from pixelllm_d2.modeling.language.decoding import generate
 
-from .tiny import encode, tiny_model
+from .tiny import ATTENTION_HEAD, encode, tiny_model
 
 
 def _encoded(model, n=3, seed=0):
@@ -13,34 +13,45 @@ def _encoded(model, n=3, seed=0):
     return model.language.encode(visual, ctx)
 
 
-def _feature_fn(model, wh):
-    return lambda h, q: model._token_corners(h[:, None], wh[q])[:, 0]
+HEADS = {"mlp": (), "map_attention": ATTENTION_HEAD}
 
 
+def _feature_fn(model, wh, seed=0):
+    # two images' fused maps; queries 0 and 1-2 read different ones (map-reading heads only)
+    g = torch.Generator().manual_seed(seed)
+    fmap = torch.randn(2, model.backbone.out_channels, *model.backbone.grid, generator=g)
+    index = torch.tensor([0, 1, 1])
+    return lambda h, q: model._token_corners(h[:, None], wh[q], fmap, index[q])[:, 0], fmap, index
+
+
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_kv_cache_gives_the_same_result_as_full_recomputation(num_beams):
-    model = tiny_model("MODEL.PIXELLLM.DECODE.MAX_LEN", "12")
+def test_kv_cache_gives_the_same_result_as_full_recomputation(num_beams, head):
+    model = tiny_model("MODEL.PIXELLLM.DECODE.MAX_LEN", "12", *HEADS[head])
     model.eval()
     enc_h, enc_m = _encoded(model)
     wh = torch.tensor([[64.0, 48.0]] * 3)
     args = dict(max_len=12, num_beams=num_beams, vocab_limit=len(model.tokenizer))
-    cached = generate(model.language, enc_h, enc_m, _feature_fn(model, wh), use_cache=True, **args)
-    full = generate(model.language, enc_h, enc_m, _feature_fn(model, wh), use_cache=False, **args)
+    fn = _feature_fn(model, wh)[0]
+    cached = generate(model.language, enc_h, enc_m, fn, use_cache=True, **args)
+    full = generate(model.language, enc_h, enc_m, fn, use_cache=False, **args)
     assert torch.equal(cached.tokens, full.tokens)
     assert torch.allclose(cached.features, full.features, atol=1e-5)
     assert torch.allclose(cached.scores, full.scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_locations_collected_while_decoding_equal_a_teacher_forced_pass(num_beams):
-    model = tiny_model()
+def test_locations_collected_while_decoding_equal_a_teacher_forced_pass(num_beams, head):
+    model = tiny_model(*HEADS[head])
     model.eval()
     enc_h, enc_m = _encoded(model)
     wh = torch.tensor([[64.0, 48.0]] * 3)
-    gen = generate(model.language, enc_h, enc_m, _feature_fn(model, wh), max_len=10, num_beams=num_beams, vocab_limit=len(model.tokenizer))
+    fn, fmap, index = _feature_fn(model, wh)
+    gen = generate(model.language, enc_h, enc_m, fn, max_len=10, num_beams=num_beams, vocab_limit=len(model.tokenizer))
     dec_in = torch.nn.functional.pad(gen.tokens, (1, 0), value=0)
     hidden, _, _ = model.language.decode(enc_h, enc_m, dec_in)
-    forced = model._token_corners(hidden, wh)[:, 1:]  # token j is the decoder input at position j + 1
+    forced = model._token_corners(hidden, wh, fmap, index)[:, 1:]  # token j is the decoder input at position j + 1
     real = (gen.tokens != 0) & (gen.tokens != 1)
     assert real.any()
     assert torch.allclose(gen.features[real], forced[real], atol=1e-4)

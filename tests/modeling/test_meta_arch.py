@@ -6,14 +6,16 @@ import torch.nn.functional as F
 
 from pixelllm_d2.modeling.language.location_head import points_to_boxes
 
-from .tiny import encode, make_batch, tiny_model
+from .tiny import ATTENTION_HEAD, encode, make_batch, tiny_model
 
 TASKS = ["trace", "refer", "region", "caption"]
+HEADS = {"mlp": (), "map_attention": ATTENTION_HEAD}
 
 
+@pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("task", TASKS + ["mixed"])
-def test_training_losses_per_task(task):
-    model = tiny_model()
+def test_training_losses_per_task(task, head):
+    model = tiny_model(*HEADS[head])
     model.train()
     batch = make_batch()
     if task != "mixed":
@@ -26,6 +28,8 @@ def test_training_losses_per_task(task):
         "caption": {"loss_text"},
     }
     want = set().union(*expected.values()) if task == "mixed" else expected[task]
+    if head == "map_attention" and task != "caption":
+        want = want | {"loss_cell"}  # every located token and the referring box
     assert set(losses) == want
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
 
@@ -116,8 +120,9 @@ def test_task_fraction_scales_losses():
     assert torch.allclose(mixed, alone / 2, rtol=1e-5)
 
 
-def test_inference_outputs_follow_the_contract(batch):
-    model = tiny_model()
+@pytest.mark.parametrize("head", HEADS)
+def test_inference_outputs_follow_the_contract(batch, head):
+    model = tiny_model(*HEADS[head])
     model.eval()
     for x in batch:
         if x["task"] in ("region", "caption"):
@@ -156,10 +161,11 @@ def _pad_text(batch, extra):
     return out
 
 
-def test_trailing_text_padding_changes_nothing(batch):
+@pytest.mark.parametrize("head", HEADS)
+def test_trailing_text_padding_changes_nothing(batch, head):
     # The mapper pads to MAX_CONTEXT_LEN / MAX_TEXT_LEN and the predictor to the longest text of a call; the model
     # drops all-pad columns and pads the mask adapter's text to MAX_TEXT_LEN, so no result depends on the padding.
-    model = tiny_model()
+    model = tiny_model(*HEADS[head])
     model.train()
     torch.manual_seed(0)
     short = model(batch)
@@ -230,8 +236,9 @@ def test_mask_head_trains_on_the_gt_box_with_optional_noise(batch, noise):
         assert (mask_prompt[:, 0] <= mask_prompt[:, 2]).all() and (mask_prompt[:, 1] <= mask_prompt[:, 3]).all()
 
 
-def test_referring_box_is_the_last_words_location(batch):
-    model = tiny_model()
+@pytest.mark.parametrize("head", HEADS)
+def test_referring_box_is_the_last_words_location(batch, head):
+    model = tiny_model(*HEADS[head])
     model.eval()
     out = model([batch[1]])[0]
     for box, token_boxes in zip(out["pred_boxes"], out["token_boxes"]):
@@ -284,8 +291,9 @@ def test_empty_referring_expression_is_an_error(batch):
         model([x])
 
 
-def test_beam_and_greedy_both_decode(batch):
-    model = tiny_model()
+@pytest.mark.parametrize("head", HEADS)
+def test_beam_and_greedy_both_decode(batch, head):
+    model = tiny_model(*HEADS[head])
     model.eval()
     x = batch[3]
     x.pop("target_ids")
@@ -298,3 +306,22 @@ def test_beam_and_greedy_both_decode(batch):
 def test_points_to_boxes_orders_corners():
     pts = torch.tensor([[[10.0, 40.0], [2.0, 5.0]]])
     assert torch.equal(points_to_boxes(pts), torch.tensor([[2.0, 5.0, 10.0, 40.0]]))
+
+
+def test_cell_loss_trains_the_attention_towards_the_target_cells(batch):
+    # The referring expression's attention logits at its last word are trained towards the cells inside its box.
+    model = tiny_model(*ATTENTION_HEAD)
+    model.train()
+    refer = [batch[1]]
+    opt = torch.optim.SGD([p for n, p in model.named_parameters() if n.startswith("location_head.")], lr=0.5)
+    first = None
+    for _ in range(20):
+        loss = model(refer)["loss_cell"]
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * first
+    off = tiny_model(*ATTENTION_HEAD[:2])  # CELL_WEIGHT 0: no cell loss
+    off.train()
+    assert "loss_cell" not in off(refer)

@@ -9,6 +9,8 @@ from pixelllm_d2.tokenizer import build_tokenizer
 
 REPO_CFG_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 TINY_CFG = os.path.join(REPO_CFG_DIR, "tiny", "pixelllm_tiny.yaml")
+# the shapes config's location head: attention over the fused map, trained with the cell cross-entropy
+ATTENTION_HEAD = ("MODEL.PIXELLLM.LOCATION_HEAD.NAME", "MapAttentionLocationHead", "MODEL.PIXELLLM.LOSS.CELL_WEIGHT", 1.0)
 
 
 def tiny_cfg(*opts):

@@ -1,12 +1,21 @@
-"""The location head: an MLP on every decoder hidden state -> two corner points per token."""
-from typing import Sequence, Tuple
+"""Location heads: every decoder hidden state -> two corner points per token.
+
+`MLPLocationHead` is the paper's (an MLP on the token alone). `MapAttentionLocationHead` is this toolkit's option for
+models trained from scratch: the token attends over the fused image map and the box is centred on what it attends
+to, so pointing is learned as a choice among map cells (with a cross-entropy on that choice) instead of as a
+regression from scratch (MODEL_ZOO.md, "Pointing by attention").
+"""
+import math
+from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
+from ..build import LOCATION_HEAD_REGISTRY
 
-__all__ = ["MLPLocationHead", "points_to_boxes"]
+__all__ = ["MLPLocationHead", "MapAttentionLocationHead", "points_to_boxes", "cell_centres", "cell_targets"]
 
 
 def points_to_boxes(points: torch.Tensor) -> torch.Tensor:
@@ -16,6 +25,19 @@ def points_to_boxes(points: torch.Tensor) -> torch.Tensor:
     return torch.cat([lo, hi], dim=-1)
 
 
+def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    # pre-LayerNorm, exact GELU (the official location head's layout)
+    if num_layers < 1:
+        raise ValueError(f"location head needs at least one layer, got {num_layers}")
+    layers = [nn.LayerNorm(in_dim)]
+    dims = [in_dim] + [hidden_dim] * (num_layers - 1)
+    for d_in, d_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(d_in, d_out), nn.GELU()]
+    layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+@LOCATION_HEAD_REGISTRY.register()
 class MLPLocationHead(nn.Module):
     """Pre-LayerNorm MLP (official: 4 linear layers, hidden width 512, exact GELU) predicting per token the
     top-left and bottom-right corners of the region the token refers to, as fractions of the unpadded image:
@@ -27,30 +49,170 @@ class MLPLocationHead(nn.Module):
         num_layers: number of Linear layers (>= 1).
     """
 
+    uses_image_map = False
+
     @configurable
     def __init__(self, *, in_dim: int, hidden_dim: int = 512, num_layers: int = 4):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"location head needs at least one layer, got {num_layers}")
-        layers = [nn.LayerNorm(in_dim)]
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1)
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(d_in, d_out), nn.GELU()]
-        layers.append(nn.Linear(dims[-1], 4))
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = _mlp(in_dim, hidden_dim, num_layers, 4)
 
     @classmethod
-    def from_config(cls, cfg, in_dim: int):
+    def from_config(cls, cfg, in_dim: int, map_dim: int = 0):
         h = cfg.MODEL.PIXELLLM.LOCATION_HEAD
         return dict(in_dim=in_dim, hidden_dim=h.HIDDEN_DIM, num_layers=h.NUM_LAYERS)
 
-    def forward(self, hidden: torch.Tensor, image_wh: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        image_wh: torch.Tensor,
+        image_map: Optional[torch.Tensor] = None,
+        image_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """
         Args:
             hidden: (Q, T, in_dim) decoder states.
             image_wh: (Q, 2) unpadded (width, height) of each query's image, pixels.
+            image_map, image_index: unused (the interface of map-reading heads).
         Returns:
             (Q, T, 2, 2) the two corner points (x, y) per token, pixels of the resized image.
         """
         raw = self.mlp(hidden).unflatten(-1, (2, 2))
         return (raw + 1) * 0.5 * image_wh[:, None, None, :].to(raw.dtype)
+
+
+def cell_centres(grid: Tuple[int, int], image_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(H * W, 2) the (x, y) pixel centre of every cell of an H x W map over the padded square input, row-major."""
+    h, w = grid
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (image_size / h)
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (image_size / w)
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+def _fourier(xy: torch.Tensor, num_freqs: int) -> torch.Tensor:
+    # (..., 2) coordinates in [0, 1] -> (..., 4 * num_freqs) fixed sin / cos features
+    freqs = (2.0 ** torch.arange(num_freqs, dtype=xy.dtype, device=xy.device)) * math.pi
+    ang = (xy[..., None] * freqs).flatten(-2)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
+@LOCATION_HEAD_REGISTRY.register()
+class MapAttentionLocationHead(nn.Module):
+    """Each decoder token attends over the cells of the fused image map (keys: the cell's features plus a fixed
+    Fourier encoding of its position). The box centre is the attention-weighted mean of the cell centres plus an
+    offset, and its width and height come from the token and the attended features:
+
+        centre = sum_i p_i c_i + stride * tanh(d),  size = sigmoid(s) * (image width, height)
+
+    with (d, s) = MLP([token, sum_i p_i v_i]). Cells wholly in the padding get no attention.
+
+    Args:
+        in_dim: decoder hidden width.
+        map_dim: channels of the fused image map.
+        hidden_dim: MLP width.
+        num_layers: Linear layers of the offset / size MLP.
+        key_dim: width of the attention's queries and keys.
+        num_freqs: frequencies of the cell position encoding.
+        image_size: side of the padded square input, pixels (the map covers it).
+    """
+
+    uses_image_map = True
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        map_dim: int,
+        hidden_dim: int = 512,
+        num_layers: int = 3,
+        key_dim: int = 64,
+        num_freqs: int = 6,
+        image_size: int = 384,
+    ):
+        super().__init__()
+        self.image_size = image_size
+        self.num_freqs = num_freqs
+        self.query = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, key_dim))
+        self.key = nn.Linear(map_dim, key_dim)
+        self.key_pos = nn.Linear(4 * num_freqs, key_dim)
+        self.value = nn.Linear(map_dim, hidden_dim)
+        self.mlp = _mlp(in_dim + hidden_dim, hidden_dim, num_layers, 4)
+
+    @classmethod
+    def from_config(cls, cfg, in_dim: int, map_dim: int = 0):
+        h = cfg.MODEL.PIXELLLM.LOCATION_HEAD
+        return dict(
+            in_dim=in_dim,
+            map_dim=map_dim,
+            hidden_dim=h.HIDDEN_DIM,
+            num_layers=h.NUM_LAYERS,
+            key_dim=h.KEY_DIM,
+            image_size=cfg.INPUT.IMAGE_SIZE,
+        )
+
+    def attention_logits(self, hidden, image_wh, image_map, image_index) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(Q, T, H * W) attention logits (padding cells at -inf) and (Q, H * W, hidden_dim) the values each
+        query attends to."""
+        grid = tuple(image_map.shape[-2:])
+        cells = image_map.flatten(2).transpose(1, 2)  # (B, HW, C)
+        centres = cell_centres(grid, self.image_size, hidden.device)
+        # keys and values once per image, not per query: many queries share an image
+        keys = (self.key(cells) + self.key_pos(_fourier(centres / self.image_size, self.num_freqs)))[image_index]
+        values = self.value(cells)[image_index]
+        q = self.query(hidden)
+        logits = torch.einsum("qtk,qnk->qtn", q, keys) * q.shape[-1] ** -0.5
+        # a cell whose top-left corner is outside the unpadded image holds no image pixel
+        half = torch.tensor([self.image_size / grid[1], self.image_size / grid[0]], device=hidden.device) / 2
+        inside = ((centres - half)[None] < image_wh[:, None, :].float()).all(-1)  # (Q, HW)
+        logits = logits.masked_fill(~inside[:, None, :], float("-inf"))
+        return logits, values
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        image_wh: torch.Tensor,
+        image_map: torch.Tensor,
+        image_index: torch.Tensor,
+        return_logits: bool = False,
+    ):
+        """
+        Args:
+            hidden: (Q, T, in_dim) decoder states.
+            image_wh: (Q, 2) unpadded (width, height) of each query's image, pixels.
+            image_map: (B, map_dim, H, W) the fused image map over the padded input.
+            image_index: (Q,) int64, the image of each query.
+            return_logits: also return the (Q, T, H * W) attention logits (for `cell_targets` losses).
+        Returns:
+            (Q, T, 2, 2) the two corner points (x, y) per token, pixels of the resized image
+            [, (Q, T, H * W) attention logits].
+        """
+        if image_map is None or image_index is None:
+            raise ValueError("MapAttentionLocationHead needs the fused image map and each query's image index")
+        logits, values = self.attention_logits(hidden, image_wh, image_map, image_index)
+        p = logits.float().softmax(dim=-1)
+        grid = tuple(image_map.shape[-2:])
+        # positions in float32 whatever the autocast dtype: bf16 would round a 384 px coordinate by up to 1 px
+        centre = p @ cell_centres(grid, self.image_size, hidden.device)  # (Q, T, 2)
+        attended = p.to(values.dtype) @ values  # (Q, T, hidden_dim)
+        raw = self.mlp(torch.cat([hidden, attended], dim=-1))
+        stride = torch.tensor([self.image_size / grid[1], self.image_size / grid[0]], device=hidden.device)
+        centre = centre + stride * torch.tanh(raw[..., :2].float())
+        half = torch.sigmoid(raw[..., 2:].float()) * image_wh[:, None, :].float() / 2
+        corners = torch.stack([centre - half, centre + half], dim=-2)
+        return (corners, logits) if return_logits else corners
+
+
+def cell_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: int) -> torch.Tensor:
+    """Target distribution over map cells for (N, 4) XYXY boxes (pixels of the padded input): uniform over the
+    cells whose centre lies in the box, or the cell holding the box centre when none does. Returns (N, H * W)."""
+    h, w = grid
+    cx, cy = cell_centres(grid, image_size, boxes.device, boxes.dtype).unbind(-1)
+    lo = torch.minimum(boxes[:, :2], boxes[:, 2:])
+    hi = torch.maximum(boxes[:, :2], boxes[:, 2:])
+    inside = (cx >= lo[:, :1]) & (cx <= hi[:, :1]) & (cy >= lo[:, 1:2]) & (cy <= hi[:, 1:2])
+    mid = (lo + hi) / 2
+    col = (mid[:, 0] / (image_size / w)).long().clamp(0, w - 1)
+    row = (mid[:, 1] / (image_size / h)).long().clamp(0, h - 1)
+    centre = F.one_hot(row * w + col, h * w).bool()
+    t = torch.where(inside.any(1, keepdim=True), inside, centre).to(boxes.dtype)
+    return t / t.sum(1, keepdim=True)

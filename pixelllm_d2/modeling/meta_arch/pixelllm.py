@@ -10,10 +10,10 @@ from torch import nn
 from ...config import configurable
 from ...structures import jitter_boxes
 from ...tokenizer import build_tokenizer
-from ..build import BACKBONE_REGISTRY, LANGUAGE_MODEL_REGISTRY, META_ARCH_REGISTRY, PROMPT_EXTRACTOR_REGISTRY
+from ..build import BACKBONE_REGISTRY, LANGUAGE_MODEL_REGISTRY, LOCATION_HEAD_REGISTRY, META_ARCH_REGISTRY, PROMPT_EXTRACTOR_REGISTRY
 from ..language.decoding import generate
-from ..language.location_head import MLPLocationHead, points_to_boxes
-from ..losses import corner_l1_loss, giou_loss, mask_losses, text_loss
+from ..language.location_head import cell_targets, points_to_boxes
+from ..losses import cell_loss, corner_l1_loss, giou_loss, mask_losses, text_loss
 from ..mask.mask_head import SAMMaskHead
 from ..prompt.prompt_encoder import SAMPromptEncoder
 from ..weights import load_eva02_checkpoint, load_sam_checkpoint
@@ -42,15 +42,16 @@ class PixelLLM(nn.Module):
     Args:
         backbone: image encoder returning {"fused": (B, C, H, W), "sam": (B, 256, Hs, Ws)} (DualViTBackbone).
         prompt_encoder: SAMPromptEncoder. prompt_extractor: TwoWayPromptExtractor (visual tokens per prompt).
-        language: T5PrefixLM. location_head: MLPLocationHead.
+        language: T5PrefixLM.
+        location_head: MLPLocationHead, or MapAttentionLocationHead (reads the fused map; trained with "cell").
         mask_head: SAMMaskHead or None (no masks).
         proposal_generator, roi_heads: the dense-captioning detector, or None.
         tokenizer: tokenizer name / folder (see pixelllm_d2.tokenizer); built on first use.
         image_size: side of the padded square input.
         prompts: context prompt per task ({"trace": ..., "caption": ..., "region": ..., "refer": ..., "densecap": ...}).
         max_context_len, max_text_len: token limits.
-        loss_weights: {"text", "label_smoothing", "point", "ref_box", "ref_giou", "mask_focal", "mask_dice",
-            "mask_iou", "det"}.
+        loss_weights: {"text", "label_smoothing", "point", "ref_box", "ref_giou", "cell", "mask_focal",
+            "mask_dice", "mask_iou", "det"}.
         decode: {"method": "greedy"|"beam", "num_beams", "length_penalty", "max_len", "no_immediate_repeat"}.
         mask_train_prompt: "pred" (detached predicted box) or "gt".
         mask_train_box_noise: with mask_train_prompt "gt", Gaussian noise on each box corner with std this fraction
@@ -72,7 +73,7 @@ class PixelLLM(nn.Module):
         prompt_encoder: SAMPromptEncoder,
         prompt_extractor: nn.Module,
         language: nn.Module,
-        location_head: MLPLocationHead,
+        location_head: nn.Module,
         mask_head: Optional[SAMMaskHead] = None,
         proposal_generator: Optional[nn.Module] = None,
         roi_heads: Optional[nn.Module] = None,
@@ -107,7 +108,7 @@ class PixelLLM(nn.Module):
         self.max_context_len = max_context_len
         self.max_text_len = max_text_len
         self.loss_weights = dict(
-            text=1.0, label_smoothing=0.1, point=0.1, ref_box=0.1, ref_giou=0.0, mask_focal=20.0, mask_dice=1.0, mask_iou=1.0, det=1.0
+            text=1.0, label_smoothing=0.1, point=0.1, ref_box=0.1, ref_giou=0.0, cell=0.0, mask_focal=20.0, mask_dice=1.0, mask_iou=1.0, det=1.0
         )
         self.loss_weights.update(loss_weights or {})
         self.decode_cfg = dict(method="greedy", num_beams=4, length_penalty=0.6, max_len=40, no_immediate_repeat=True)
@@ -153,7 +154,7 @@ class PixelLLM(nn.Module):
             prompt_encoder=SAMPromptEncoder(cfg),
             prompt_extractor=extractor,
             language=language,
-            location_head=MLPLocationHead(cfg, in_dim=language.d_model),
+            location_head=LOCATION_HEAD_REGISTRY.get(p.LOCATION_HEAD.NAME)(cfg, in_dim=language.d_model, map_dim=backbone.out_channels),
             mask_head=mask_head,
             proposal_generator=proposal_generator,
             roi_heads=roi_heads,
@@ -168,6 +169,7 @@ class PixelLLM(nn.Module):
                 point=p.LOSS.POINT_WEIGHT,
                 ref_box=p.LOSS.REF_BOX_WEIGHT,
                 ref_giou=p.LOSS.REF_GIOU_WEIGHT,
+                cell=p.LOSS.CELL_WEIGHT,
                 mask_focal=p.LOSS.MASK_FOCAL_WEIGHT,
                 mask_dice=p.LOSS.MASK_DICE_WEIGHT,
                 mask_iou=p.LOSS.MASK_IOU_WEIGHT,
@@ -282,9 +284,16 @@ class PixelLLM(nn.Module):
         boxes = q.boxes * (~q.has_points)[:, None].to(q.boxes.dtype)  # point prompts get no dense box
         return self.prompt_extractor(fused, q.image_index, tokens, pe.dense(boxes, grid), pe.dense_pe(grid))
 
-    def _token_corners(self, hidden: torch.Tensor, image_wh: torch.Tensor) -> torch.Tensor:
-        # (Q, T, d) -> (Q, T, 4) corner points (x0, y0, x1, y1), resized pixels.
-        return self.location_head(hidden, image_wh).flatten(-2)
+    def _token_corners(self, hidden, image_wh, image_map, image_index, return_logits: bool = False):
+        """(Q, T, d) decoder states -> (Q, T, 4) corner points (x0, y0, x1, y1), resized pixels; with
+        `return_logits`, also the map-attention logits (Q, T, H * W) of a map-reading head (else None)."""
+        if not self.location_head.uses_image_map:
+            corners = self.location_head(hidden, image_wh).flatten(-2)
+            return (corners, None) if return_logits else corners
+        out = self.location_head(hidden, image_wh, image_map, image_index, return_logits=return_logits)
+        if return_logits:
+            return out[0].flatten(-2), out[1]
+        return out.flatten(-2)
 
     def _mask_logits(self, feats, q: Queries, boxes, visual, text_feats, text_mask) -> Tuple[torch.Tensor, torch.Tensor]:
         # Low-res logits (Q, 4h, 4w) -> padded-input resolution (Q, S, S).
@@ -340,20 +349,30 @@ class PixelLLM(nn.Module):
         text_rows = q.task_mask(*TEXT_TASKS)
         if text_rows.any():
             losses["loss_text"] = lw["text"] * frac(*TEXT_TASKS) * text_loss(logits, q.target_ids, text_rows, lw["label_smoothing"])
-        corners = self._token_corners(hidden, q.image_wh)
+        corners, cell_logits = self._token_corners(hidden, q.image_wh, feats["fused"], q.image_index, return_logits=True)
+        cell_on = cell_logits is not None and lw["cell"] > 0
+        grid = tuple(feats["fused"].shape[-2:])
         gt, valid, point_tasks = self._token_targets(q)
         if valid.any():
             # Token j of the target is the decoder input at position j + 1; its location is read there.
             losses["loss_point"] = lw["point"] * frac(*point_tasks) * corner_l1_loss(corners[:, 1:], gt[:, :-1], valid[:, :-1])
+            if cell_on:
+                v = valid[:, :-1]
+                target = cell_targets(gt[:, :-1][v], grid, self.image_size)
+                losses["loss_cell"] = lw["cell"] * frac(*point_tasks) * cell_loss(cell_logits[:, 1:][v], target)
         refer = q.task_mask("refer")
         if refer.any():
             if q.ref_boxes is None:
                 raise ValueError("'refer' inputs need 'ref_boxes' for training")
             # The referring box is read at the last word: the position whose next token is EOS.
             eos_pos = (q.target_ids == self.tokenizer.eos_id).float().argmax(dim=1)
-            ref_pred = corners[torch.arange(len(q), device=corners.device), eos_pos][refer]
+            ar = torch.arange(len(q), device=corners.device)
+            ref_pred = corners[ar, eos_pos][refer]
             ref_gt = q.ref_boxes[refer]
             f = frac("refer")
+            if cell_on:
+                ref_cell = lw["cell"] * f * cell_loss(cell_logits[ar, eos_pos][refer], cell_targets(ref_gt, grid, self.image_size))
+                losses["loss_cell"] = losses.get("loss_cell", 0.0) + ref_cell
             losses["loss_ref_box"] = lw["ref_box"] * f * corner_l1_loss(ref_pred, ref_gt, torch.ones(len(ref_gt), dtype=torch.bool, device=ref_gt.device))
             if lw["ref_giou"] > 0:
                 losses["loss_ref_giou"] = lw["ref_giou"] * f * giou_loss(ref_pred, ref_gt)
@@ -436,7 +455,7 @@ class PixelLLM(nn.Module):
         img = torch.cat([torch.full((n,), i, dtype=torch.long, device=self.device) for i, n in zip(dense, counts)])
         wh = torch.tensor([[sizes[i][1], sizes[i][0]] for i in img.tolist()], dtype=torch.float32, device=self.device)
         enc_h, enc_m = self.language.encode(encode(img, boxes), self.context_ids("densecap", len(boxes)))
-        caps = self.decode_captions(enc_h, enc_m, wh, dec)
+        caps = self.decode_captions(enc_h, enc_m, wh, dec, image_map=fused, image_index=img)
         start = 0
         for out, n in zip(outs, counts):
             out["per_query"] = caps[start : start + n]
@@ -526,7 +545,7 @@ class PixelLLM(nn.Module):
         enc_h, enc_m = self.language.encode(visual, q.context_ids)
         dec_in = F.pad(q.target_ids[:, :-1], (1, 0), value=0)
         hidden, _, _ = self.language.decode(enc_h, enc_m, dec_in)
-        corners = self._token_corners(hidden, q.image_wh)
+        corners = self._token_corners(hidden, q.image_wh, feats["fused"], q.image_index)
         eos = self.tokenizer.eos_id
         lengths = ((q.target_ids != eos) & (q.target_ids != 0)).sum(dim=1)
         outs = []
@@ -554,13 +573,15 @@ class PixelLLM(nn.Module):
         """Decode captions for the queries (KV-cached; per-token locations collected while decoding)."""
         visual = self.encode_prompts(feats["fused"], q)
         enc_h, enc_m = self.language.encode(visual, q.context_ids)
-        return self.decode_captions(enc_h, enc_m, q.image_wh, dec)
+        return self.decode_captions(enc_h, enc_m, q.image_wh, dec, image_map=feats["fused"], image_index=q.image_index)
 
-    def decode_captions(self, enc_h, enc_m, image_wh, dec, use_cache: bool = True) -> List[Dict]:
-        """Decode every row of the encoder output; returns per row {token_ids, token_corners, score}."""
+    def decode_captions(self, enc_h, enc_m, image_wh, dec, use_cache: bool = True, image_map=None, image_index=None) -> List[Dict]:
+        """Decode every row of the encoder output; returns per row {token_ids, token_corners, score}.
+        `image_map` (B, C, H, W) and `image_index` (rows,) are needed by a map-reading location head."""
 
         def feature_fn(h, qidx):
-            return self._token_corners(h[:, None], image_wh[qidx])[:, 0]
+            idx = image_index[qidx] if image_index is not None else None
+            return self._token_corners(h[:, None], image_wh[qidx], image_map, idx)[:, 0]
 
         beams = dec["num_beams"] if dec["method"] == "beam" else 1
         if dec["method"] not in ("greedy", "beam"):
