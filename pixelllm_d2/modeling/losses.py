@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
+from ..structures import points_to_boxes
+
 __all__ = ["text_loss", "corner_l1_loss", "cell_loss", "giou_loss", "mask_losses"]
 
 
@@ -52,9 +54,8 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean GIoU loss of (N, 4) XYXY boxes (the predicted corners ordered into a valid box first)."""
     if pred.numel() == 0:
         return pred.sum() * 0.0
-    lo = torch.minimum(pred[:, :2], pred[:, 2:])
-    hi = torch.maximum(pred[:, :2], pred[:, 2:])
-    return generalized_box_iou_loss(torch.cat([lo, hi], 1).float(), target.float(), reduction="mean")
+    ordered = points_to_boxes(pred.unflatten(-1, (2, 2)))
+    return generalized_box_iou_loss(ordered.float(), target.float(), reduction="mean")
 
 
 def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor):

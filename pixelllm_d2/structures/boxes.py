@@ -9,7 +9,7 @@ from enum import IntEnum
 import torch
 from torchvision.ops import box_convert, box_iou
 
-__all__ = ["BoxMode", "box_iou", "clip_boxes", "jitter_boxes", "validate_boxes"]
+__all__ = ["BoxMode", "box_iou", "clip_boxes", "jitter_boxes", "points_to_boxes", "validate_boxes"]
 
 
 class BoxMode(IntEnum):
@@ -37,6 +37,14 @@ class BoxMode(IntEnum):
         return out.numpy().astype(getattr(boxes, "dtype", "float64"))
 
 
+def points_to_boxes(points: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 2) two (x, y) points -> (..., 4) XYXY box spanning them (the official `decode_boxes_from_points`).
+    Pass `boxes.unflatten(-1, (2, 2))` to order the corners of (..., 4) boxes."""
+    lo = points.min(dim=-2).values
+    hi = points.max(dim=-2).values
+    return torch.cat([lo, hi], dim=-1)
+
+
 def clip_boxes(boxes: torch.Tensor, height, width) -> torch.Tensor:
     """Clip (..., 4) XYXY boxes to [0, width] x [0, height]; `height` / `width` are numbers or tensors of shape
     (..., 1) (one image size per box)."""
@@ -53,10 +61,7 @@ def jitter_boxes(boxes: torch.Tensor, fraction: float, image_wh: torch.Tensor, m
     std = (fraction * size).clamp(max=max_px).repeat(1, 2)
     noisy = boxes + torch.randn(boxes.shape, dtype=boxes.dtype, device=boxes.device) * std
     wh = image_wh.to(boxes.dtype)
-    noisy = clip_boxes(noisy, wh[:, 1:], wh[:, :1])
-    lo = torch.minimum(noisy[:, :2], noisy[:, 2:])
-    hi = torch.maximum(noisy[:, :2], noisy[:, 2:])
-    return torch.cat([lo, hi], dim=1)
+    return points_to_boxes(clip_boxes(noisy, wh[:, 1:], wh[:, :1]).unflatten(-1, (2, 2)))
 
 
 def validate_boxes(boxes: torch.Tensor, height: float, width: float, what: str = "boxes", tol: float = 1.0) -> None:

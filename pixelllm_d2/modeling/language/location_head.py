@@ -13,16 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
+from ...structures import points_to_boxes
 from ..build import LOCATION_HEAD_REGISTRY
 
 __all__ = ["MLPLocationHead", "MapAttentionLocationHead", "points_to_boxes", "cell_centres", "cell_targets"]
-
-
-def points_to_boxes(points: torch.Tensor) -> torch.Tensor:
-    """(..., 2, 2) two (x, y) points -> (..., 4) XYXY box spanning them (the official `decode_boxes_from_points`)."""
-    lo = points.min(dim=-2).values
-    hi = points.max(dim=-2).values
-    return torch.cat([lo, hi], dim=-1)
 
 
 def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
@@ -207,8 +201,8 @@ def cell_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: int) ->
     cells whose centre lies in the box, or the cell holding the box centre when none does. Returns (N, H * W)."""
     h, w = grid
     cx, cy = cell_centres(grid, image_size, boxes.device, boxes.dtype).unbind(-1)
-    lo = torch.minimum(boxes[:, :2], boxes[:, 2:])
-    hi = torch.maximum(boxes[:, :2], boxes[:, 2:])
+    ordered = points_to_boxes(boxes.unflatten(-1, (2, 2)))
+    lo, hi = ordered[:, :2], ordered[:, 2:]
     inside = (cx >= lo[:, :1]) & (cx <= hi[:, :1]) & (cy >= lo[:, 1:2]) & (cy <= hi[:, 1:2])
     mid = (lo + hi) / 2
     col = (mid[:, 0] / (image_size / w)).long().clamp(0, w - 1)
