@@ -16,7 +16,7 @@ from ...config import configurable
 from ...structures import points_to_boxes
 from ..build import LOCATION_HEAD_REGISTRY
 
-__all__ = ["MLPLocationHead", "MapAttentionLocationHead", "points_to_boxes", "cell_centres", "cell_targets"]
+__all__ = ["MLPLocationHead", "MapAttentionLocationHead", "points_to_boxes", "cell_centres", "cell_size", "cell_targets"]
 
 
 def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
@@ -43,8 +43,6 @@ class MLPLocationHead(nn.Module):
         num_layers: number of Linear layers (>= 1).
     """
 
-    uses_image_map = False
-
     @configurable
     def __init__(self, *, in_dim: int, hidden_dim: int = 512, num_layers: int = 4):
         super().__init__()
@@ -61,17 +59,20 @@ class MLPLocationHead(nn.Module):
         image_wh: torch.Tensor,
         image_map: Optional[torch.Tensor] = None,
         image_index: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+        return_logits: bool = False,
+    ):
         """
         Args:
             hidden: (Q, T, in_dim) decoder states.
             image_wh: (Q, 2) unpadded (width, height) of each query's image, pixels.
             image_map, image_index: unused (the interface of map-reading heads).
+            return_logits: also return None in place of a map-reading head's attention logits.
         Returns:
-            (Q, T, 2, 2) the two corner points (x, y) per token, pixels of the resized image.
+            (Q, T, 2, 2) the two corner points (x, y) per token, pixels of the resized image [, None].
         """
         raw = self.mlp(hidden).unflatten(-1, (2, 2))
-        return (raw + 1) * 0.5 * image_wh[:, None, None, :].to(raw.dtype)
+        corners = (raw + 1) * 0.5 * image_wh[:, None, None, :].to(raw.dtype)
+        return (corners, None) if return_logits else corners
 
 
 def cell_centres(grid: Tuple[int, int], image_size: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -80,6 +81,11 @@ def cell_centres(grid: Tuple[int, int], image_size: int, device=None, dtype=torc
     ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (image_size / h)
     xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (image_size / w)
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
+
+
+def cell_size(grid: Tuple[int, int], image_size: int, device=None) -> torch.Tensor:
+    """(2,) float32 (width, height) of one cell of an H x W map over the padded square input, pixels."""
+    return torch.tensor([image_size / grid[1], image_size / grid[0]], device=device)
 
 
 def _fourier(xy: torch.Tensor, num_freqs: int) -> torch.Tensor:
@@ -108,8 +114,6 @@ class MapAttentionLocationHead(nn.Module):
         num_freqs: frequencies of the cell position encoding.
         image_size: side of the padded square input, pixels (the map covers it).
     """
-
-    uses_image_map = True
 
     @configurable
     def __init__(
@@ -144,23 +148,6 @@ class MapAttentionLocationHead(nn.Module):
             image_size=cfg.INPUT.IMAGE_SIZE,
         )
 
-    def attention_logits(self, hidden, image_wh, image_map, image_index) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(Q, T, H * W) attention logits (padding cells at -inf) and (Q, H * W, hidden_dim) the values each
-        query attends to."""
-        grid = tuple(image_map.shape[-2:])
-        cells = image_map.flatten(2).transpose(1, 2)  # (B, HW, C)
-        centres = cell_centres(grid, self.image_size, hidden.device)
-        # keys and values once per image, not per query: many queries share an image
-        keys = (self.key(cells) + self.key_pos(_fourier(centres / self.image_size, self.num_freqs)))[image_index]
-        values = self.value(cells)[image_index]
-        q = self.query(hidden)
-        logits = torch.einsum("qtk,qnk->qtn", q, keys) * q.shape[-1] ** -0.5
-        # a cell whose top-left corner is outside the unpadded image holds no image pixel
-        half = torch.tensor([self.image_size / grid[1], self.image_size / grid[0]], device=hidden.device) / 2
-        inside = ((centres - half)[None] < image_wh[:, None, :].float()).all(-1)  # (Q, HW)
-        logits = logits.masked_fill(~inside[:, None, :], float("-inf"))
-        return logits, values
-
     def forward(
         self,
         hidden: torch.Tensor,
@@ -182,14 +169,23 @@ class MapAttentionLocationHead(nn.Module):
         """
         if image_map is None or image_index is None:
             raise ValueError("MapAttentionLocationHead needs the fused image map and each query's image index")
-        logits, values = self.attention_logits(hidden, image_wh, image_map, image_index)
-        p = logits.float().softmax(dim=-1)
         grid = tuple(image_map.shape[-2:])
         # positions in float32 whatever the autocast dtype: bf16 would round a 384 px coordinate by up to 1 px
-        centre = p @ cell_centres(grid, self.image_size, hidden.device)  # (Q, T, 2)
+        centres = cell_centres(grid, self.image_size, hidden.device)
+        stride = cell_size(grid, self.image_size, hidden.device)
+        cells = image_map.flatten(2).transpose(1, 2)  # (B, HW, C)
+        # keys and values once per image, not per query: many queries share an image
+        keys = (self.key(cells) + self.key_pos(_fourier(centres / self.image_size, self.num_freqs)))[image_index]
+        values = self.value(cells)[image_index]
+        q = self.query(hidden)
+        logits = torch.einsum("qtk,qnk->qtn", q, keys) * q.shape[-1] ** -0.5
+        # a cell whose top-left corner is outside the unpadded image holds no image pixel
+        inside = ((centres - stride / 2)[None] < image_wh[:, None, :].float()).all(-1)  # (Q, HW)
+        logits = logits.masked_fill(~inside[:, None, :], float("-inf"))
+        p = logits.float().softmax(dim=-1)
+        centre = p @ centres  # (Q, T, 2)
         attended = p.to(values.dtype) @ values  # (Q, T, hidden_dim)
         raw = self.mlp(torch.cat([hidden, attended], dim=-1))
-        stride = torch.tensor([self.image_size / grid[1], self.image_size / grid[0]], device=hidden.device)
         centre = centre + stride * torch.tanh(raw[..., :2].float())
         half = torch.sigmoid(raw[..., 2:].float()) * image_wh[:, None, :].float() / 2
         corners = torch.stack([centre - half, centre + half], dim=-2)
@@ -201,12 +197,13 @@ def cell_targets(boxes: torch.Tensor, grid: Tuple[int, int], image_size: int) ->
     cells whose centre lies in the box, or the cell holding the box centre when none does. Returns (N, H * W)."""
     h, w = grid
     cx, cy = cell_centres(grid, image_size, boxes.device, boxes.dtype).unbind(-1)
+    cw, ch = image_size / w, image_size / h
     ordered = points_to_boxes(boxes.unflatten(-1, (2, 2)))
     lo, hi = ordered[:, :2], ordered[:, 2:]
     inside = (cx >= lo[:, :1]) & (cx <= hi[:, :1]) & (cy >= lo[:, 1:2]) & (cy <= hi[:, 1:2])
     mid = (lo + hi) / 2
-    col = (mid[:, 0] / (image_size / w)).long().clamp(0, w - 1)
-    row = (mid[:, 1] / (image_size / h)).long().clamp(0, h - 1)
+    col = (mid[:, 0] / cw).long().clamp(0, w - 1)
+    row = (mid[:, 1] / ch).long().clamp(0, h - 1)
     centre = F.one_hot(row * w + col, h * w).bool()
     t = torch.where(inside.any(1, keepdim=True), inside, centre).to(boxes.dtype)
     return t / t.sum(1, keepdim=True)

@@ -287,9 +287,6 @@ class PixelLLM(nn.Module):
     def _token_corners(self, hidden, image_wh, image_map, image_index, return_logits: bool = False):
         """(Q, T, d) decoder states -> (Q, T, 4) corner points (x0, y0, x1, y1), resized pixels; with
         `return_logits`, also the map-attention logits (Q, T, H * W) of a map-reading head (else None)."""
-        if not self.location_head.uses_image_map:
-            corners = self.location_head(hidden, image_wh).flatten(-2)
-            return (corners, None) if return_logits else corners
         out = self.location_head(hidden, image_wh, image_map, image_index, return_logits=return_logits)
         if return_logits:
             return out[0].flatten(-2), out[1]
