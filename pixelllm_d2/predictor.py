@@ -20,8 +20,9 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from .data.detection_utils import ImageLike, read_image
 from .modeling import build_model
 from .modeling.weights import load_into, load_state_dict_file
 from .structures import validate_boxes
@@ -31,50 +32,6 @@ __all__ = ["PixelLLMPredictor", "read_image", "resize_longest_side", "PREDICTOR_
 logger = logging.getLogger(__name__)
 
 PREDICTOR_TASKS = ("caption", "region", "refer", "densecap")
-
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
-
-
-def read_image(image: ImageLike, input_format: str = "RGB", name: Optional[str] = None) -> np.ndarray:
-    """Decode an image into an RGB uint8 array.
-
-    Args:
-        image: a file path (EXIF orientation applied), a PIL image (any mode; converted to RGB), or a uint8 numpy
-            array of shape (H, W) (grayscale), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped).
-        input_format: channel order of a 3 / 4 channel array, "RGB" or "BGR" (OpenCV). Ignored for paths and
-            PIL images, whose decoder knows the order.
-        name: how errors name the image (default: the path, or "image").
-    Returns:
-        (H, W, 3) uint8 RGB array.
-    """
-    if input_format not in ("RGB", "BGR"):
-        raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}")
-    if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        name = name or path
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{name}: image file not found")
-        try:
-            with Image.open(path) as im:
-                return np.array(ImageOps.exif_transpose(im).convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ValueError(f"{name}: cannot read as an image ({e})") from e
-    name = name or "image"
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name}: expected a path, a PIL image or a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"{name}: numpy images must be uint8 in 0-255, got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name}: expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array, got shape {image.shape}")
-    if image.shape[2] == 1:
-        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
-    rgb = image[:, :, :3]
-    return np.ascontiguousarray(rgb[:, :, ::-1] if input_format == "BGR" else rgb)
-
 
 def resize_longest_side(image: np.ndarray, size: int) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image so its longest side is `size`, keeping the aspect ratio (PIL bilinear,

@@ -66,8 +66,8 @@ def test_read_image_applies_exif_orientation(tmp_path):
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda d: os.path.join(d, "missing.jpg"), FileNotFoundError, r"missing\.jpg: image file not found"),
-        (lambda d: _write(d, "broken.jpg", b"not an image"), ValueError, r"broken\.jpg: cannot read as an image"),
+        (lambda d: os.path.join(d, "missing.jpg"), FileNotFoundError, r"missing\.jpg: cannot read image: file does not exist"),
+        (lambda d: _write(d, "broken.jpg", b"not an image"), ValueError, r"broken\.jpg: cannot read image"),
         (lambda d: np.zeros((8, 8, 3), np.float32), TypeError, "must be uint8"),
         (lambda d: np.zeros((8, 8, 2), np.uint8), ValueError, r"got shape \(8, 8, 2\)"),
         (lambda d: np.zeros((0, 8, 3), np.uint8), ValueError, "got shape"),
@@ -249,3 +249,21 @@ def test_refuses_pickled_objects(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "payload": os.getcwd}, path)  # a function: not tensor-only
     with pytest.raises(ValueError, match="weights_only=True"):
         PixelLLMPredictor(tiny_cfg("MODEL.WEIGHTS", path))
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda sd: {f"detector.{k}": v for k, v in sd.items()}, r'supplies only 0\.0% .*extra prefix "detector\."'),
+        (lambda sd: {**sd, "location_head.mlp.0.weight": sd["location_head.mlp.0.weight"][:1]}, "another shape"),
+        (lambda sd: {**sd, "location_head.mlp.0.weight": sd["location_head.mlp.0.weight"] * float("nan")}, "NaN or Inf"),
+    ],
+    ids=["prefixed keys", "shape", "nan"],
+)
+def test_refuses_weights_that_do_not_fit(tmp_path, spoil, message):
+    state = PixelLLMPredictor(tiny_cfg()).model.state_dict()
+    path = str(tmp_path / "w.pth")
+    torch.save(spoil(state), path)
+    with pytest.raises(ValueError, match=message) as info:
+        PixelLLMPredictor(tiny_cfg("MODEL.WEIGHTS", path))
+    assert path in str(info.value)

@@ -190,14 +190,21 @@ class TrainLoader:
         self.skipped_files: List[str] = []
 
     def __iter__(self) -> Iterator[List[dict]]:
+        # The DataLoader and its iterator are created here, eagerly, with their own generator: torch draws the
+        # workers' base seed when the iterator is created, and drawing it from the global RNG at the first
+        # `next()` (after a resume restored the RNG states) shifted every later random draw of the run.
         loader = DataLoader(
             self.stream,
             batch_size=None,
             num_workers=self.num_workers,
             collate_fn=_identity,
+            generator=torch.Generator().manual_seed(self.stream.plan.seed),
         )
+        return self._batches(iter(loader))
+
+    def _batches(self, loader_iter) -> Iterator[List[dict]]:
         expected = self.stream.start_iter
-        for k, batch, skipped in loader:
+        for k, batch, skipped in loader_iter:
             if k != expected:  # workers take iterations round-robin; anything else is a bug
                 raise RuntimeError(f"training loader produced iteration {k}, expected {expected}")
             expected += 1

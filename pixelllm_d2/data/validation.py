@@ -15,6 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     "DatasetFileError",
+    "DuplicateIdError",
+    "UniqueIds",
+    "check_id",
     "Problem",
     "ValidationReport",
     "check_xywh_box",
@@ -29,7 +32,13 @@ logger = logging.getLogger(__name__)
 
 
 class DatasetFileError(ValueError):
-    """A dataset file that cannot be used at all (missing, unparsable, wrong layout)."""
+    """A dataset file that cannot be used at all (missing, unparsable, wrong layout, repeated ids)."""
+
+
+class DuplicateIdError(DatasetFileError):
+    """Records that repeat an id (image, region, sentence, ...). Never skipped: evaluation and the regrouping of
+    annotations per image match records by id, so a repeat would score or attach the wrong record. The problems
+    are also in the load's `ValidationReport` (kind "duplicate id")."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,56 @@ def require_fields(record: dict, fields: Sequence[str]) -> Optional[str]:
     return f"missing field(s) {missing}" if missing else None
 
 
+def check_id(value, what: str = "id") -> Optional[str]:
+    """None for a usable id (an integer or a non-empty string), else a message. Ids are dictionary keys and
+    file-name parts: floats, lists, objects and null are refused rather than crashing a lookup later."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, str) and not value.strip()):
+        return f"{what} must be an integer or a non-empty string, got {_short(value)}"
+    return None
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+DUPLICATE_ID = "duplicate id"
+
+
+class UniqueIds:
+    """The first record of every id of one kind in one file; a repeat is a "duplicate id" problem, which
+    `raise_on_duplicates` turns into a `DuplicateIdError` once the file has been read.
+
+    Args:
+        file: the file the ids come from. what: what the ids name ("image id", "region id", ...).
+    """
+
+    def __init__(self, file: str, what: str):
+        self.file = file
+        self.what = what
+        self._first: Dict[object, str] = {}
+
+    def add(self, value, record: str, report: "ValidationReport") -> bool:
+        """Remember `value` (a checked id) of `record`; False (and a problem in `report`) when it repeats."""
+        if value in self._first:
+            report.add(self.file, record, DUPLICATE_ID, f"{self.what} {value!r} repeats {self._first[value]}")
+            return False
+        self._first[value] = record
+        return True
+
+
+def raise_on_duplicates(report: "ValidationReport") -> None:
+    """Raise `DuplicateIdError` naming the first repeated ids (file and record) if the report has any."""
+    dups = [p for p in report.problems if p.kind == DUPLICATE_ID]
+    if dups:
+        shown = "; ".join(f"{p.file}: {p.record}: {p.message}" for p in dups[:5])
+        more = f" (and {len(dups) - 5} more)" if len(dups) > 5 else ""
+        raise DuplicateIdError(
+            f"{len(dups)} repeated id(s), which are never skipped because evaluation matches records by id: "
+            f"{shown}{more}. Make the ids unique (tools/validate_dataset.py lists them all)."
+        )
+
+
 def _finite_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -157,8 +216,8 @@ def caption_problem(message: str) -> str:
 
 
 def check_image_size(width, height) -> Optional[str]:
-    if not (isinstance(width, int) and isinstance(height, int)) or width <= 0 or height <= 0:
-        return f"width/height must be positive integers, got {width!r} x {height!r}"
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+        return f"width/height must be positive integers, got {_short(width)} x {_short(height)}"
     return None
 
 
@@ -225,6 +284,8 @@ def validate_source(
             dicts = D.load_vg_json(file, image_root, report=report)
         else:
             dicts = D.load_coco_captions_json(file, image_root, report=report)
+    except DuplicateIdError:
+        return report  # the repeats are in the report already
     except DatasetFileError as e:
         report.add(file, "file", "bad file", str(e))
         return report

@@ -6,7 +6,9 @@ names the newest file, `resume_or_load`), with
 - collective saves: every process calls `save` (FSDP gathers shards, the trainer gathers RNG states), rank 0
   writes;
 - safe loading: `.safetensors`, or torch files with `torch.load(weights_only=True)` (a full training checkpoint
-  `{"model": ..., ...}` or a bare state dict); missing / unexpected keys are logged by name;
+  `{"model": ..., ...}` or a bare state dict); weights that are mis-shaped, non-finite or leave most of the model
+  unloaded are refused (`modeling.weights.verify_state_dict`, the rule of every loader); other missing /
+  unexpected keys are logged by name;
 - model-only safetensors export (`save_safetensors`), shared tensors stored once;
 - optimizer states keyed by parameter name (`NamedOptimizerState`), the same with and without FSDP.
 """
@@ -15,16 +17,19 @@ import json
 import logging
 import os
 import pickle
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvCheckpointer
 from fvcore.common.checkpoint import (
     _filter_reused_missing_keys,
     _IncompatibleKeys,
+    _strip_prefix_if_present,
     get_missing_parameters_message,
     get_unexpected_parameters_message,
 )
+
+from ..modeling.weights import verify_state_dict
 
 from ..utils import comm
 from ..utils.file_io import TMP_SUFFIX, atomic_path, atomic_write
@@ -217,21 +222,26 @@ class Checkpointer(_FvCheckpointer):
             ckpt = {"model": ckpt}
         return ckpt
 
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """fvcore's `load`, with a missing file reported as `FileNotFoundError` naming it."""
+        if path and not os.path.isfile(path):
+            local = self.path_manager.get_local_path(path)
+            if not os.path.isfile(local):
+                raise FileNotFoundError(f"checkpoint not found: {path}")
+            path = local
+        return super().load(path, checkpointables)
+
     def _load_model(self, checkpoint: Any) -> _IncompatibleKeys:
-        if not fsdp.is_fsdp(self.model):
-            return super()._load_model(checkpoint)
+        # The weights are checked with the rule every loader shares (`verify_state_dict`: refused when mis-shaped,
+        # non-finite, or leaving most of the model unloaded) before anything is loaded.
         state = checkpoint.pop("model")
-        # Model's full shapes: DTensor.shape is the global shape.
-        model_shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        incorrect = [
-            (k, tuple(v.shape), model_shapes[k])
-            for k, v in state.items()
-            if k in model_shapes and tuple(v.shape) != model_shapes[k]
-        ]
-        for k, _, _ in incorrect:
-            state.pop(k)
-        result = fsdp.load_full_model_state_dict(self.model, state)
-        return _IncompatibleKeys(result.missing_keys, result.unexpected_keys, incorrect)
+        _strip_prefix_if_present(state, "module.")  # saved from a DistributedDataParallel wrapper
+        verify_state_dict(self.model, state, self._loading)
+        if fsdp.is_fsdp(self.model):
+            result = fsdp.load_full_model_state_dict(self.model, state)
+        else:
+            result = self.model.load_state_dict(state, strict=False)
+        return _IncompatibleKeys(result.missing_keys, result.unexpected_keys, [])
 
     def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
         # fvcore's messages (keys grouped by module), each naming the file it concerns.

@@ -70,7 +70,8 @@ class LRScheduler(HookBase):
 class PeriodicCheckpointer(_FvPeriodicCheckpointer, HookBase):
     """Saves `model_{iter:07d}.pth` after every `period` iterations (period <= 0: none) and `model_final.pth`
     after the last one (fvcore's PeriodicCheckpointer), plus the model-only `model_final.safetensors` when
-    `final_safetensors`.
+    `final_safetensors`; a run resumed from the checkpoint of its last iteration writes the final files at its
+    end.
     Register it on every process (saves are collective) and after `LRScheduler`, so the saved scheduler state
     is that of the next iteration."""
 
@@ -83,11 +84,32 @@ class PeriodicCheckpointer(_FvPeriodicCheckpointer, HookBase):
 
     def before_train(self) -> None:
         self.max_iter = self.trainer.max_iter
+        self._final_saved = False
 
     def after_step(self) -> None:
         it = self.trainer.iter
         self.step(it)
-        if self.final_safetensors and it >= self.max_iter - 1:
+        if it >= self.max_iter - 1:
+            self._save_final_safetensors()
+            self._final_saved = True
+
+    def after_train(self) -> None:
+        # A run resumed from the checkpoint of its last iteration (a kill during the final save) runs no step:
+        # the final files are written here, holding the state after the last iteration as an uninterrupted run
+        # saves it.
+        if self.trainer.iter < self.max_iter or self._final_saved:
+            return
+        done = self.trainer.iter
+        self.trainer.iter = self.max_iter - 1
+        try:
+            self.checkpointer.save(f"{self.file_prefix}_final", iteration=self.max_iter - 1)
+            self._save_final_safetensors()
+        finally:
+            self.trainer.iter = done
+        self._final_saved = True
+
+    def _save_final_safetensors(self) -> None:
+        if self.final_safetensors:
             self.checkpointer.save_safetensors(f"{self.file_prefix}_final")
 
 

@@ -66,6 +66,7 @@ class TrainerBase:
         self.start_iter: int = 0
         self.max_iter: int = 0
         self.storage: Optional[EventStorage] = None
+        self._pending_storage_state: Optional[dict] = None
 
     def register_hooks(self, hooks: Iterable[Optional[HookBase]]) -> None:
         """Append hooks (None entries are skipped); they run in registration order."""
@@ -81,6 +82,9 @@ class TrainerBase:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         with EventStorage(start_iter) as self.storage:
+            if self._pending_storage_state is not None:  # the histories of the run this one resumes
+                self.storage.load_state_dict(self._pending_storage_state)
+                self._pending_storage_state = None
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -121,10 +125,13 @@ class TrainerBase:
         ret = {"iteration": self.iter}
         hooks_state = {type(h).__qualname__: h.state_dict() for h in self._hooks}
         ret["hooks"] = {k: v for k, v in hooks_state.items() if v}
+        if self.storage is not None:
+            ret["storage"] = self.storage.state_dict()
         return ret
 
     def load_state_dict(self, state: dict) -> None:
         self.iter = state["iteration"]
+        self._pending_storage_state = state.get("storage")
         by_name = {type(h).__qualname__: h for h in self._hooks}
         for name, value in state.get("hooks", {}).items():
             if name in by_name:
@@ -236,14 +243,14 @@ class SimpleTrainer(TrainerBase):
                 f"checkpoint of this state is written (resume from the last checkpoint)."
             )
         storage = get_event_storage()
-        # total_loss: the objective DDP minimises (the mean of the processes' sums). Each named loss: its mean over
-        # the processes that report it (a batch without a task may not).
-        per_key: Dict[str, List[float]] = {}
-        for g in gathered:
-            for k, v in g["losses"].items():
-                per_key.setdefault(k, []).append(v)
-        storage.put_scalar("total_loss", sum(sum(g["losses"].values()) for g in gathered) / len(gathered))
-        storage.put_scalars(**{k: sum(v) / len(v) for k, v in sorted(per_key.items())})
+        # Each loss is logged as its share of the objective DDP minimises (the mean over processes of their loss
+        # sums): its mean over all processes, 0 where a process's slice has no such loss. The logged losses add up
+        # to total_loss, and a loss whose task sits on one process's slice reads as in a 1-process run, where
+        # every loss is weighted by its task's share of the batch.
+        keys = sorted({k for g in gathered for k in g["losses"]})
+        n = len(gathered)
+        storage.put_scalar("total_loss", sum(sum(g["losses"].values()) for g in gathered) / n)
+        storage.put_scalars(**{k: sum(g["losses"].get(k, 0.0) for g in gathered) / n for k in keys})
         storage.put_scalar("data_time", max(g["data_time"] for g in gathered))
         for g in gathered:
             self.task_counts.update(g["tasks"])

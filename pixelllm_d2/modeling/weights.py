@@ -10,14 +10,18 @@
 """
 import json
 import logging
+import math
 import os
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from fvcore.common.checkpoint import _filter_reused_missing_keys
 from torch import nn
 
 __all__ = [
+    "CheckpointMismatchError",
+    "MIN_LOADED_FRACTION",
+    "verify_state_dict",
     "load_state_dict_file",
     "load_t5_folder_state_dict",
     "split_prefixed",
@@ -27,6 +31,86 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# A checkpoint must supply at least this fraction of a model's weights (by element count) to be loaded at all.
+MIN_LOADED_FRACTION = 0.5
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file that does not fit the model it is loaded into (see `verify_state_dict`)."""
+
+
+def _keys_text(keys: List[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (and {len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _prefix_hint(missing: List[str], unexpected: List[str]) -> str:
+    """' (its keys carry an extra prefix "x.")' when stripping one leading component of the unexpected keys gives
+    the missing ones."""
+    if not unexpected:
+        return ""
+    heads = {k.split(".", 1)[0] for k in unexpected if "." in k}
+    stripped = {k.split(".", 1)[1] for k in unexpected if "." in k}
+    if len(heads) == 1 and stripped & set(missing):
+        return f' (its keys carry an extra prefix "{heads.pop()}.")'
+    return ""
+
+
+def verify_state_dict(
+    model: nn.Module, state: Dict[str, torch.Tensor], source: str, shapes: Optional[Dict[str, Tuple[int, ...]]] = None
+) -> Tuple[List[str], List[str]]:
+    """The one rule every loader of model weights applies (the trainer, `--eval-only`, the predictor and demo,
+    component checkpoints). A weights file is refused, before anything is loaded, when
+
+    - a tensor it shares with the model has another shape (it was made for another architecture or vocabulary);
+    - a tensor holds NaN or Inf;
+    - it supplies less than MIN_LOADED_FRACTION of the model's weights by element count (a file of another
+      model, or keys under another prefix): using it would run a mostly random model.
+
+    Otherwise missing / unexpected keys are returned for the caller to log (fine-tuning from an earlier stage
+    leaves new heads at their initialisation). A parameter shared under several names (tied embeddings) counts as
+    loaded when one of its names is.
+
+    Args:
+        model: the module the weights are for.
+        state: name -> tensor, as read from the file.
+        source: how errors name the file (e.g. "MODEL.WEIGHTS (out/model_final.pth)").
+        shapes: the model's full tensor shapes when `model.state_dict()` does not give them (FSDP shards).
+
+    Returns:
+        (missing keys, unexpected keys).
+
+    Raises:
+        CheckpointMismatchError: naming the file and the first offending keys.
+    """
+    if shapes is None:
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    bad_shape = [
+        f"{k} {tuple(v.shape)} (model: {shapes[k]})" for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]
+    ]
+    if bad_shape:
+        raise CheckpointMismatchError(
+            f"{source}: {len(bad_shape)} tensor(s) have another shape than in the model, so the file was made for "
+            f"another configuration: {_keys_text(bad_shape)}"
+        )
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise CheckpointMismatchError(f"{source}: NaN or Inf values in {len(non_finite)} tensor(s): {_keys_text(non_finite)}")
+    missing = [k for k in shapes if k not in state]
+    if missing:
+        missing = _filter_reused_missing_keys(model, missing)
+    unexpected = [k for k in state if k not in shapes]
+    total = sum(math.prod(s) for s in shapes.values())
+    unloaded = sum(math.prod(shapes[k]) for k in missing)
+    if total and (total - unloaded) < MIN_LOADED_FRACTION * total:
+        raise CheckpointMismatchError(
+            f"{source}: supplies only {100.0 * (total - unloaded) / total:.1f}% of the model's weights, so it is not a "
+            f"checkpoint of this model{_prefix_hint(missing, unexpected)}. Missing: {_keys_text(missing)}. "
+            f"Unexpected: {_keys_text(unexpected) or 'none'}"
+        )
+    return missing, unexpected
 
 
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
@@ -78,21 +162,17 @@ def split_prefixed(state: Dict[str, torch.Tensor], prefix: str) -> Dict[str, tor
 
 
 def load_into(module: nn.Module, state: Dict[str, torch.Tensor], what: str, ignore: Iterable[str] = ()) -> Tuple[List[str], List[str]]:
-    """`module.load_state_dict(state, strict=False)` that raises on shape mismatches (naming the key) and logs
-    missing / unexpected keys by name; a parameter shared under several names (tied embeddings) is not missing when
-    one of its names was loaded. Returns (missing, unexpected)."""
-    own = module.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            raise ValueError(f"{what}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    result = module.load_state_dict(state, strict=False)
-    missing = _filter_reused_missing_keys(module, result.missing_keys)
+    """Check `state` with `verify_state_dict` (raises `CheckpointMismatchError`), then
+    `module.load_state_dict(state, strict=False)`, logging missing (except those under the `ignore` prefixes) and
+    unexpected keys by name. Returns (missing, unexpected)."""
+    missing, unexpected = verify_state_dict(module, state, what)
+    module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not any(k.startswith(i) for i in ignore)]
     if missing:
         logger.warning("%s: missing keys (left at init): %s", what, ", ".join(missing))
-    if result.unexpected_keys:
-        logger.warning("%s: unexpected keys (ignored): %s", what, ", ".join(result.unexpected_keys))
-    return missing, list(result.unexpected_keys)
+    if unexpected:
+        logger.warning("%s: unexpected keys (ignored): %s", what, ", ".join(unexpected))
+    return missing, unexpected
 
 
 def load_sam_checkpoint(path: str, image_encoder=None, prompt_encoder=None, mask_decoder=None) -> None:

@@ -26,6 +26,9 @@ __all__ = [
 
 _CURRENT_STORAGE_STACK: List["EventStorage"] = []
 
+# Values per scalar a checkpoint keeps of the history (the writers' smoothing windows are 20).
+HISTORY_KEPT = 200
+
 
 def get_event_storage() -> "EventStorage":
     """The innermost `EventStorage` in use (the trainer opens one for the whole run)."""
@@ -83,6 +86,31 @@ class EventStorage:
         for k, (v, itr) in self._latest_scalars.items():
             out[k] = (self._history[k].median(window_size) if self._smoothing_hints[k] else v, itr)
         return out
+
+    def state_dict(self, max_values: int = HISTORY_KEPT) -> Dict[str, dict]:
+        """The last `max_values` values of every scalar with its smoothing hint, so that a resumed run's windowed
+        medians (the logged losses) continue those of the interrupted run. Tensors and primitives only.
+
+        Returns:
+            {name: {"values": float64 (n, 2) tensor of (value, iteration), "smoothing_hint": bool}}.
+        """
+        out = {}
+        for name, buf in self._history.items():
+            values = buf.values()[-max_values:]
+            out[name] = {
+                "values": torch.tensor(values, dtype=torch.float64).reshape(-1, 2),
+                "smoothing_hint": self._smoothing_hints.get(name, True),
+            }
+        return out
+
+    def load_state_dict(self, state: Dict[str, dict]) -> None:
+        """Restore histories saved by `state_dict` (before this run's first step)."""
+        for name, entry in state.items():
+            buf = HistoryBuffer()
+            for value, itr in entry["values"].tolist():
+                buf.update(value, int(itr))
+            self._history[name] = buf
+            self._smoothing_hints[name] = bool(entry["smoothing_hint"])
 
     @property
     def iter(self) -> int:
@@ -234,15 +262,28 @@ class CommonMetricPrinter(EventWriter):
 
 def truncate_json_metrics(json_file: str, last_iter: int) -> None:
     """Drop the lines of iterations after `last_iter` from a metrics.json (atomically): on resume from the
-    checkpoint of `last_iter`, what the interrupted run logged later is logged again by the continuation."""
+    checkpoint of `last_iter`, what the interrupted run logged later is logged again by the continuation. A line
+    that is not a JSON object (the last one, cut by a kill mid-write) is dropped with a warning."""
     from .file_io import atomic_write
 
     if not os.path.isfile(json_file):
         return
-    with open(json_file, encoding="utf-8") as f:
+    with open(json_file, encoding="utf-8", errors="replace") as f:
         lines = f.readlines()
-    keep = [line for line in lines if line.strip() and json.loads(line).get("iteration", -1) <= last_iter]
-    if len(keep) != len(lines):
+    keep = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            logging.getLogger(__name__).warning("%s: line %d is not a JSON object (cut by a kill?); dropped", json_file, n)
+            continue
+        if record.get("iteration", -1) <= last_iter:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if keep != lines:
         with atomic_write(json_file, "w") as f:
             f.writelines(keep)
 

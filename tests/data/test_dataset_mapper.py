@@ -225,3 +225,22 @@ def test_unreadable_and_mismatched_images_raise_data_errors(tmp_path, cfg):
     d = {"file_name": ok, "image_id": 1, "height": 20, "width": 10, "captions": ["a"]}
     with pytest.raises(DataError, match="ok.png: image is 20x10 but its dataset dict says 10x20"):
         DatasetMapper(cfg, is_train=False, task="caption")(d)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(40 * 30, dtype=np.uint32).reshape(30, 40) * 54).astype(np.uint16)  # 0 .. 64746
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # what Pillow gives a 16-bit grayscale PNG
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    for source in (str(tmp_path / "g16.png"), ramp):
+        out = read_image(source)
+        assert out.shape == (30, 40, 3) and out.dtype == np.uint8
+        assert np.array_equal(out[:, :, 0], expected) and np.array_equal(out[:, :, 2], expected)
+    assert read_image(str(tmp_path / "g16.png")).mean() == pytest.approx(expected.mean())  # not all white
+
+
+def test_float_images_are_refused_by_name(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(tmp_path / "f.tiff")
+    with pytest.raises(ImageReadError, match=r"f\.tiff: cannot read image: 32-bit float images are not supported"):
+        read_image(str(tmp_path / "f.tiff"))

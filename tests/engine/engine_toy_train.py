@@ -1,5 +1,6 @@
-"""tools/train_net.py's `main` with the toy trainer, for subprocess tests. Environment switches kill the
-process with SIGKILL (no cleanup, like `kill -9`) at a chosen point:
+"""tools/train_net.py's `main` with the toy trainer (or, with ENGINE_TEST_TRAINER=real, the real
+`DefaultTrainer`), for subprocess tests. Environment switches kill the process with SIGKILL (no cleanup, like
+`kill -9`) at a chosen point:
 
 - ENGINE_TEST_KILL_AT_ITER=k: after iteration k's step, before that iteration's checkpoint could be saved;
 - ENGINE_TEST_KILL_AT=torch_save:NAME[:n]: during the n-th (default 1st) checkpoint write of file NAME, with
@@ -14,7 +15,7 @@ import sys
 
 from engine_toy import ToyTrainer
 
-from pixelllm_d2.engine import HookBase, default_argument_parser, launch_with_args
+from pixelllm_d2.engine import DefaultTrainer, HookBase, default_argument_parser, launch_with_args
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location("train_net", os.path.join(_ROOT, "tools", "train_net.py"))
@@ -36,14 +37,19 @@ class _KillAtIter(HookBase):
             _die()
 
 
-class KillableTrainer(ToyTrainer):
-    def build_hooks(self):
-        ret = super().build_hooks()
-        k = os.environ.get("ENGINE_TEST_KILL_AT_ITER")
-        if k is not None:
-            at = next(i for i, h in enumerate(ret) if type(h).__name__ == "PeriodicCheckpointer")
-            ret.insert(at, _KillAtIter(int(k)))
-        return ret
+def killable(trainer_cls):
+    """`trainer_cls` with a hook that kills the process after iteration ENGINE_TEST_KILL_AT_ITER's step."""
+
+    class Killable(trainer_cls):
+        def build_hooks(self):
+            ret = super().build_hooks()
+            k = os.environ.get("ENGINE_TEST_KILL_AT_ITER")
+            if k is not None:
+                at = next(i for i, h in enumerate(ret) if type(h).__name__ == "PeriodicCheckpointer")
+                ret.insert(at, _KillAtIter(int(k)))
+            return ret
+
+    return Killable
 
 
 def _install_kill_switch(spec: str) -> None:
@@ -92,7 +98,8 @@ def _install_kill_switch(spec: str) -> None:
 def main(args):
     if "ENGINE_TEST_KILL_AT" in os.environ:
         _install_kill_switch(os.environ["ENGINE_TEST_KILL_AT"])
-    return train_net.main(args, KillableTrainer)
+    base = DefaultTrainer if os.environ.get("ENGINE_TEST_TRAINER") == "real" else ToyTrainer
+    return train_net.main(args, killable(base))
 
 
 if __name__ == "__main__":

@@ -115,14 +115,67 @@ def test_load_weights_names_missing_and_unexpected_keys(tmp_path, caplog, fmt):
     assert path in text and "location_head.bias" in text and "extra_head.weight" in text
 
 
-def test_load_reports_shape_mismatch(tmp_path, caplog):
-    sd = _state()
-    sd["location_head.weight"] = torch.zeros(3, 8)
+def _prefixed(sd):
+    return {f"detector.{k}": v for k, v in sd.items()}
+
+
+def _one_bad(sd, key, value):
+    return {**sd, key: value}
+
+
+# Each case: how the state dict is spoiled, and the message's key phrase. The toy model's location_head.weight is
+# (2, 8); its backbone holds most of the elements.
+REFUSED = {
+    "every key under another prefix": (_prefixed, r'supplies only 0\.0% of the model\'s weights.*extra prefix "detector\."'),
+    "a shape mismatch": (lambda sd: _one_bad(sd, "location_head.weight", torch.zeros(3, 8)),
+                         r"location_head\.weight \(3, 8\) \(model: \(2, 8\)\)"),
+    "a NaN": (lambda sd: _one_bad(sd, "location_head.weight", torch.full((2, 8), float("nan"))),
+              r"NaN or Inf values in 1 tensor\(s\): location_head\.weight"),
+    "an Inf": (lambda sd: _one_bad(sd, "backbone.eva02.pos_embed", torch.full((8,), float("inf"))), "NaN or Inf"),
+    "most of the model missing": (lambda sd: {k: v for k, v in sd.items() if not k.startswith("backbone.")},
+                                  r"supplies only .*% of the model's weights.*Missing: backbone\.eva02"),
+}
+
+
+def _load_with_checkpointer(model, path):
+    Checkpointer(model).load(path)
+
+
+def _load_with_predictor_rule(model, path):
+    from pixelllm_d2.modeling.weights import load_into, load_state_dict_file
+
+    load_into(model, load_state_dict_file(path), f"MODEL.WEIGHTS ({path})")
+
+
+@pytest.mark.parametrize("loader", [_load_with_checkpointer, _load_with_predictor_rule], ids=["checkpointer", "load_into"])
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_mismatched_weights_are_refused_by_one_rule(tmp_path, loader, case):
+    spoil, message = REFUSED[case]
     path = str(tmp_path / "w.pth")
-    torch.save(sd, path)
-    with caplog.at_level(logging.WARNING, logger="pixelllm_d2"):
-        Checkpointer(EngineToyNet(toy_cfg(str(tmp_path)))).load(path)
-    assert "'location_head.weight' not loaded: shape (3, 8) in the checkpoint, (2, 8) in the model" in caplog.text
+    torch.save(spoil(_state(seed=1)), path)
+    torch.manual_seed(2)
+    model = EngineToyNet(toy_cfg(str(tmp_path)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message) as info:
+        loader(model, path)
+    assert path in str(info.value)
+    for k, v in model.state_dict().items():  # refused before anything was loaded
+        assert torch.equal(v, before[k]), k
+
+
+def test_missing_checkpoint_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pth"):
+        Checkpointer(EngineToyNet(toy_cfg(str(tmp_path)))).load(str(tmp_path / "nope.pth"))
+
+
+def test_ddp_prefixed_checkpoint_still_loads(tmp_path):
+    sd = _state(seed=1)
+    path = str(tmp_path / "w.pth")
+    torch.save({f"module.{k}": v for k, v in sd.items()}, path)
+    model = EngineToyNet(toy_cfg(str(tmp_path)))
+    Checkpointer(model).load(path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, sd[k]), k
 
 
 class _Payload:

@@ -171,8 +171,9 @@ def test_loss_reduction_over_processes(monkeypatch):
     with EventStorage() as storage:
         trainer.run_step()
     latest = {k: v for k, (v, _) in storage.latest().items()}
-    assert latest["loss_a"] == pytest.approx(1.5) and latest["loss_b"] == pytest.approx(3.0)
-    assert latest["total_loss"] == pytest.approx((4.0 + 2.0) / 2)
+    # each loss: its share of the objective (0 on the process without it); together they make total_loss
+    assert latest["loss_a"] == pytest.approx(1.5) and latest["loss_b"] == pytest.approx(1.5)
+    assert latest["total_loss"] == pytest.approx((4.0 + 2.0) / 2) == latest["loss_a"] + latest["loss_b"]
     assert latest["data_time"] == 0.5 and latest["data/num_skipped"] == 4
     assert latest["data/count/refer"] == 1 and latest["data/count/caption"] == 3
 

@@ -70,7 +70,7 @@ def test_sam_checkpoint_of_the_wrong_shape_names_the_key(tmp_path):
     sam = upstream_sam(embed_dim=48)
     path = str(tmp_path / "sam_wide.pth")
     torch.save(sam.state_dict(), path)
-    with pytest.raises(ValueError, match=r"SAM image encoder.*has shape"):
+    with pytest.raises(ValueError, match=r"SAM image encoder.*have another shape than in the model.*pos_embed \(1, 4, 4, 48\) \(model: \(1, 4, 4, 32\)\)"):
         build_model(tiny_cfg("MODEL.PIXELLLM.SAM.CHECKPOINT", path))
 
 

@@ -143,8 +143,8 @@ def test_bad_inputs_are_reported_and_the_others_processed(capsys, tmp_path, inpu
     out_dir = tmp_path / "out"
     rc, out, err = run_demo(capsys, "--input", str(missing), inputs["astronaut"], str(broken), inputs["scene"], "--output", str(out_dir))
     assert rc == 1
-    assert f"error: {missing}: image file not found" in err
-    assert f"error: {broken}: cannot read as an image" in err
+    assert f"error: {missing}: cannot read image: file does not exist" in err
+    assert f"error: {broken}: cannot read image: UnidentifiedImageError" in err
     assert sorted(os.listdir(out_dir)) == ["astronaut.json", "astronaut.png", "scene.json", "scene.png"]
     assert "done: 2 of 4 input(s) processed, 2 failed" in out
 
@@ -235,7 +235,7 @@ def test_command_line_entry_point(tmp_path, inputs):
            "--output", str(tmp_path), "--cpu", "--opts", "MODEL.PIXELLLM.DECODE.MAX_LEN", "3"]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=str(tmp_path), env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert res.returncode == 1, res.stderr
-    assert "gone.jpg: image file not found" in res.stderr and "done: 1 of 2 input(s) processed, 1 failed" in res.stdout
+    assert "gone.jpg: cannot read image: file does not exist" in res.stderr and "done: 1 of 2 input(s) processed, 1 failed" in res.stdout
     rec = _read(tmp_path, "coffee")
     assert 1 <= len(rec["results"][0]["words"]) <= 3  # default MAX_LEN 8: longer
 

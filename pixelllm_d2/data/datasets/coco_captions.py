@@ -3,7 +3,7 @@
 from typing import List, Optional
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..validation import ValidationReport, caption_problem, check_text, require_fields
+from ..validation import ValidationReport, caption_problem, check_id, check_text, require_fields
 from .builtin_meta import evaluator_type_of
 from .common import finish_load, load_coco_style
 
@@ -29,13 +29,13 @@ def load_coco_captions_json(
     captions = {k: [] for k in images}
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
-        err = require_fields(ann, ("image_id", "caption"))
+        err, kind = require_fields(ann, ("image_id", "caption")), "missing field"
+        if err is None:
+            err, kind = check_id(ann["image_id"], "image_id"), "bad id"
         if err is None:
             where += f" (id {ann.get('id')}, image {ann['image_id']})"
             text, err = check_text(ann["caption"])
             kind = caption_problem(err)
-        else:
-            kind = "missing field"
         if err is None and ann["image_id"] not in images:
             err, kind = "image_id not among the json's images", "unknown image"
         if err is not None:

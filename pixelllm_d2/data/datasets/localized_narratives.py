@@ -15,7 +15,7 @@ import numpy as np
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import ImageReadError, image_size
 from ..trace_alignment import summarize_traces
-from ..validation import DatasetFileError, ValidationReport, caption_problem, check_text, require_fields
+from ..validation import DatasetFileError, ValidationReport, caption_problem, check_id, check_text, require_fields
 from .builtin_meta import evaluator_type_of
 from .common import finish_load, index_images, load_json
 
@@ -58,8 +58,36 @@ def _timed_caption(timed) -> List[dict]:
 
 
 def _image_file(image_root: str, fmt: str, image_id) -> str:
-    key = int(image_id) if isinstance(image_id, str) and image_id.isdigit() else image_id
-    return os.path.join(image_root, fmt.format(image_id=key))
+    """The image path of `image_id` (already normalised: digits are an int); ValueError when the id does not fit
+    the pattern (e.g. a name under "{image_id:012d}")."""
+    try:
+        return os.path.join(image_root, fmt.format(image_id=image_id))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"image_id {image_id!r} does not fit the file name pattern {fmt!r} ({e})") from None
+
+
+def _finite_utterances(utterances: List[dict]) -> bool:
+    return all(np.isfinite(u["box"]).all() and np.isfinite(u["center"]).all() for u in utterances)
+
+
+def _read_lines(path: str, report: ValidationReport):
+    """(line number, parsed record) of every non-blank line that is UTF-8 json; the others are reported."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"line {line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                report.add(path, where, "bad json", f"not UTF-8 text: {e}")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except RecursionError:
+                report.add(path, where, "bad json", "nested too deeply")
+            except ValueError as e:  # JSONDecodeError, or an integer literal too long to convert
+                report.add(path, where, "bad json", str(e))
 
 
 def load_ln_jsonl(
@@ -97,43 +125,41 @@ def load_ln_jsonl(
     for path in files:
         if not os.path.isfile(path):
             raise DatasetFileError(f"{path}: file does not exist")
-        with open(path) as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"line {line_no}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    report.add(path, where, "bad json", str(e))
-                    continue
-                err = require_fields(rec, ("image_id", "caption", "timed_caption", "traces"))
-                if err is not None:
-                    report.add(path, where, "missing field", err)
-                    continue
-                where += f" (image {rec['image_id']}, annotator {rec.get('annotator_id')})"
-                caption, err = check_text(rec["caption"])
-                if err is not None:
-                    report.add(path, where, caption_problem(err), err)
-                    continue
-                try:
-                    points = _trace_points(rec["traces"])
-                    timed = _timed_caption(rec["timed_caption"])
-                except ValueError as e:
-                    report.add(path, where, "bad trace", str(e))
-                    continue
-                if len(points) <= 1:  # official: such narratives are skipped
-                    report.add(path, where, "short trace", f"trace has {len(points)} point(s), needs at least 2")
-                    continue
-                image_id = rec["image_id"]
-                image_id = int(image_id) if isinstance(image_id, str) and image_id.isdigit() else image_id
-                per_image.setdefault(image_id, []).append(
-                    {
-                        "caption": caption,
-                        "annotator_id": str(rec.get("annotator_id", "")),
-                        "utterances": summarize_traces(points, timed),
-                    }
-                )
+        for line_no, rec in _read_lines(path, report):
+            where = f"line {line_no}"
+            err = require_fields(rec, ("image_id", "caption", "timed_caption", "traces"))
+            if err is not None:
+                report.add(path, where, "missing field", err)
+                continue
+            err = check_id(rec["image_id"], "image_id")
+            if err is not None:
+                report.add(path, where, "bad id", err)
+                continue
+            image_id = rec["image_id"]
+            image_id = int(image_id) if isinstance(image_id, str) and image_id.isdigit() else image_id
+            where += f" (image {image_id}, annotator {str(rec.get('annotator_id'))[:40]})"
+            caption, err = check_text(rec["caption"])
+            if err is not None:
+                report.add(path, where, caption_problem(err), err)
+                continue
+            try:
+                _image_file(image_root, image_file_format, image_id)
+                points = _trace_points(rec["traces"])
+                timed = _timed_caption(rec["timed_caption"])
+            except ValueError as e:
+                report.add(path, where, "bad id" if "file name pattern" in str(e) else "bad trace", str(e))
+                continue
+            if len(points) <= 1:  # official: such narratives are skipped
+                report.add(path, where, "short trace", f"trace has {len(points)} point(s), needs at least 2")
+                continue
+            with np.errstate(all="ignore"):  # huge times / coordinates overflow; caught just below
+                utterances = summarize_traces(points, timed)
+            if not _finite_utterances(utterances):
+                report.add(path, where, "bad trace", "times or coordinates too large: the utterance boxes are not finite")
+                continue
+            per_image.setdefault(image_id, []).append(
+                {"caption": caption, "annotator_id": str(rec.get("annotator_id", "")), "utterances": utterances}
+            )
     dicts = []
     for image_id, narratives in per_image.items():
         file_name = _image_file(image_root, image_file_format, image_id)

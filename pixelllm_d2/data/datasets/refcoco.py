@@ -20,8 +20,10 @@ from ...structures import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..validation import (
     DatasetFileError,
+    UniqueIds,
     ValidationReport,
     caption_problem,
+    check_id,
     check_text,
     check_xywh_box,
     require_fields,
@@ -133,21 +135,27 @@ def load_refcoco(
     report = report if report is not None else ValidationReport(dataset_name or refs_file)
     refs = load_refs_pickle(refs_file)
     inst, images = load_coco_style(instances_json, image_root, report)
-    anns = {a["id"]: a for a in inst["annotations"] if isinstance(a, dict) and "id" in a}
+    anns = _index_annotations(inst["annotations"], instances_json, report)
     if split is not None:
-        splits = {r.get("split") for r in refs if isinstance(r, dict)}
+        splits = {r.get("split") for r in refs if isinstance(r, dict) and isinstance(r.get("split"), str)}
         if split not in splits:
             raise DatasetFileError(
-                f"{refs_file}: no refs of split {split!r}; the file has splits {sorted(map(str, splits))}"
+                f"{refs_file}: no refs of split {split!r}; the file has splits {sorted(splits)}"
             )
     per_image: Dict[object, list] = defaultdict(list)
+    ref_ids, sent_id_set = UniqueIds(refs_file, "ref_id"), UniqueIds(refs_file, "sent_id")
     for i, ref in enumerate(refs):
         where = f"refs[{i}]"
         if isinstance(ref, dict) and split is not None and ref.get("split") != split:
             continue
         err, kind = require_fields(ref, ("ref_id", "ann_id", "image_id", "sentences")), "missing field"
         if err is None:
+            err = check_id(ref["ref_id"], "ref_id") or check_id(ref["ann_id"], "ann_id")
+            err, kind = err or check_id(ref["image_id"], "image_id"), "bad id"
+        if err is None:
             where += f" (ref_id {ref['ref_id']})"
+            if not ref_ids.add(ref["ref_id"], where, report):
+                continue
             if ref["image_id"] not in images:
                 err, kind = f"image_id {ref['image_id']} not among {instances_json}'s images", "unknown image"
             elif ref["ann_id"] not in anns:
@@ -162,11 +170,17 @@ def load_refcoco(
         sentences, sent_ids = [], []
         for j, s in enumerate(ref["sentences"] if isinstance(ref["sentences"], list) else []):
             text, serr = check_text(s.get("sent", s.get("raw")) if isinstance(s, dict) else None)
+            kind = caption_problem(serr) if serr else "bad id"
+            # without a sent_id, the (unique) ref id and position stand in: evaluation matches expressions by it
+            sid = s.get("sent_id", f"{ref['ref_id']}_{j}") if serr is None else None
+            serr = serr or check_id(sid, "sent_id")
             if serr is not None:
-                report.add(refs_file, f"{where} sentences[{j}]", caption_problem(serr), serr)
+                report.add(refs_file, f"{where} sentences[{j}]", kind, serr)
+                continue
+            if not sent_id_set.add(sid, f"{where} sentences[{j}]", report):
                 continue
             sentences.append(text)
-            sent_ids.append(s.get("sent_id", j))
+            sent_ids.append(sid)
         if not sentences:
             report.add(refs_file, where, "no sentences", "no usable referring expression")
             continue
@@ -178,6 +192,19 @@ def load_refcoco(
     dicts = [dict(images[k], annotations=v) for k, v in per_image.items()]
     finish_load(report, dataset_name, len(dicts))
     return dicts
+
+
+def _index_annotations(annotations: list, json_file: str, report: ValidationReport) -> Dict[object, dict]:
+    """COCO instances annotations by id; entries without a usable id are skipped, a repeated id is fatal."""
+    out, ids = {}, UniqueIds(json_file, "annotation id")
+    for i, a in enumerate(annotations):
+        err = require_fields(a, ("id",))
+        err = err or check_id(a["id"], "id")
+        if err is not None:
+            report.add(json_file, f"annotations[{i}]", "bad annotation", err)
+        elif ids.add(a["id"], f"annotations[{i}] (id {a['id']})", report):
+            out[a["id"]] = a
+    return out
 
 
 def load_mdetr_refcoco_json(
@@ -194,11 +221,14 @@ def load_mdetr_refcoco_json(
     data = load_json(json_file, ("images", "annotations"))
     anns_of = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
-        err = require_fields(ann, ("image_id", "bbox"))
+        err, kind = require_fields(ann, ("image_id", "bbox")), "missing field"
+        if err is None:
+            err, kind = check_id(ann["image_id"], "image_id") or check_id(ann.get("original_id", ann.get("id", 0)), "original_id / id"), "bad id"
         if err is not None:
-            report.add(json_file, f"annotations[{i}]", "missing field", err)
+            report.add(json_file, f"annotations[{i}]", kind, err)
             continue
         anns_of[ann["image_id"]].append((i, ann))
+    image_ids, sent_ids = UniqueIds(json_file, "image id"), UniqueIds(json_file, "expression id")
     per_image: Dict[int, dict] = {}
     objects: Dict[int, Dict[int, dict]] = defaultdict(dict)
     for i, img in enumerate(data["images"]):
@@ -208,7 +238,13 @@ def load_mdetr_refcoco_json(
         if err is None and orig_id is None:
             err = "missing field 'original_img_id' / 'original_id'"
         if err is None:
+            sid = img.get("refexp_id", img.get("sent_id", img["id"]))
+            err = check_id(img["id"], "id") or check_id(orig_id, "original_img_id") or check_id(sid, "refexp_id / sent_id")
+            kind = "bad id"
+        if err is None:
             where += f" (id {img['id']})"
+            if not (image_ids.add(img["id"], where, report) and sent_ids.add(sid, where, report)):
+                continue
             text, err = check_text(img["caption"])
             kind = caption_problem(err)
         if err is None and not anns_of.get(img["id"]):
@@ -235,7 +271,7 @@ def load_mdetr_refcoco_json(
                 objects[orig_id][obj_id] = _annotation(box, seg, [], [], obj_id, obj_id, ann.get("category_id"))
             obj = objects[orig_id][obj_id]
             obj["sentences"].append(text)
-            obj["sent_ids"].append(img.get("refexp_id", img.get("sent_id", img["id"])))
+            obj["sent_ids"].append(sid)
     dicts = [
         dict(d, annotations=[objects[k][o] for o in sorted(objects[k], key=str)])
         for k, d in per_image.items()

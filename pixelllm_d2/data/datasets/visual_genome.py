@@ -5,7 +5,7 @@ from typing import List, Optional
 
 from ...structures import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ..validation import ValidationReport, caption_problem, check_text, check_xywh_box, require_fields
+from ..validation import UniqueIds, ValidationReport, caption_problem, check_id, check_text, check_xywh_box, require_fields
 from .builtin_meta import evaluator_type_of
 from .common import finish_load, load_coco_style
 
@@ -30,11 +30,17 @@ def load_vg_json(
     report = report if report is not None else ValidationReport(dataset_name or json_file)
     data, images = load_coco_style(json_file, image_root, report)
     regions = {k: [] for k in images}
+    region_ids = UniqueIds(json_file, "region id")
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
         err, kind = require_fields(ann, ("id", "image_id", "bbox", "caption")), "missing field"
         if err is None:
+            err = check_id(ann["id"], "id") or check_id(ann["image_id"], "image_id")
+            kind = "bad id"
+        if err is None:
             where += f" (id {ann['id']}, image {ann['image_id']})"
+            if not region_ids.add(ann["id"], where, report):
+                continue
             if ann["image_id"] not in images:
                 err, kind = "image_id not among the json's images", "unknown image"
         if err is None:
