@@ -20,9 +20,8 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pixelllm_d2.data.validation import ValidationReport, check_image_size, check_text, check_xywh_box  # noqa: E402
+from pixelllm_d2.utils.file_io import atomic_write
+from pixelllm_d2.data.validation import ValidationReport, check_image_size, check_text, check_xywh_box
 
 
 def _clean_phrase(phrase) -> str:
@@ -96,10 +95,8 @@ def main(argv=None) -> int:
             keep = set(json.load(f)[args.split])
     out, report = convert(regions, image_data, keep, source=args.region_descriptions)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(args.out, "w") as f:
         json.dump(out, f)
-    os.replace(tmp, args.out)
     print(f"wrote {args.out}: {len(out['images'])} images, {len(out['annotations'])} regions")
     print(report.summary())
     for p in report.problems[:10]:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelllm_d2.predictor import PixelLLMPredictor, read_image, resize_longest_side
+from pixelllm_d2.data.transforms import resize_crop_flip
+from pixelllm_d2.predictor import PixelLLMPredictor, read_image
 
 from .images import draw_shapes_scene, one_cpu_thread, real_photos
 from .modeling.tiny import tiny_cfg
@@ -22,6 +23,10 @@ def predictor():
 @pytest.fixture(scope="module")
 def photos():
     return real_photos()
+
+
+def _padded(ids, n):
+    return ids + [0] * (n - len(ids))
 
 
 def _ids(predictor, text, n=0):
@@ -93,8 +98,9 @@ def test_read_image_rejects_unknown_channel_order():
 
 @pytest.mark.parametrize("hw, size, expected", [((512, 512), 64, (64, 64)), ((400, 600), 64, (43, 64)), ((300, 451), 64, (43, 64)), ((10, 20), 64, (32, 64)), ((1, 500), 64, (1, 64))])
 def test_resize_longest_side(hw, size, expected):
-    out = resize_longest_side(np.full(hw + (3,), 100, np.uint8), size)
-    assert out.shape == expected + (3,) and out.dtype == np.uint8
+    tfms, h, w = resize_crop_flip(*hw, size)  # the one resizer: the test mapper's and the predictor's
+    out = tfms.apply_image(np.full(hw + (3,), 100, np.uint8))
+    assert (h, w) == expected and out.shape == expected + (3,) and out.dtype == np.uint8
     assert (out == 100).all()  # a flat image stays flat: no padding, no border
 
 
@@ -104,17 +110,18 @@ def test_prepare_caption_uses_the_trace_prompt(predictor, photos):
     assert x["image"].dtype == torch.uint8 and x["image"].shape == (3, 43, 64)
     assert (x["height"], x["width"], x["task"]) == (400, 600, "caption")
     assert torch.equal(x["prompt_boxes"], torch.tensor([[0.0, 0.0, 64.0, 43.0]]))
-    assert x["context_ids"].tolist() == [_ids(predictor, "A long image caption: ")]
+    width = predictor.model.max_context_len  # padded as the test mapper pads
+    assert x["context_ids"].tolist() == [_padded(_ids(predictor, "A long image caption: "), width)]
     assert "target_ids" not in x and "prompt_points" not in x
     short = PixelLLMPredictor(tiny_cfg(), caption_prompt="caption").prepare(photos["coffee"], "caption")
-    assert short["context_ids"].tolist() == [_ids(predictor, "A short image caption: ")]
+    assert short["context_ids"].tolist() == [_padded(_ids(predictor, "A short image caption: "), width)]
 
 
 def test_prepare_region_scales_boxes_and_points(predictor, photos):
     s = torch.tensor([64 / 600, 43 / 400])  # per axis: the resized height is rounded (42.67 -> 43)
     x = predictor.prepare(photos["coffee"], "region", boxes=[[60, 30, 300, 330], [0, 0, 600, 400]])
     assert torch.allclose(x["prompt_boxes"], torch.tensor([[60, 30, 300, 330], [0, 0, 600, 400]]) * s.repeat(2), atol=1e-4)
-    assert x["context_ids"].tolist() == [_ids(predictor, "an object of ")] * 2
+    assert x["context_ids"].tolist() == [_padded(_ids(predictor, "an object of "), predictor.model.max_context_len)] * 2
     x = predictor.prepare(photos["coffee"], "region", boxes=[60, 30, 300, 330])  # a single (4,) box
     assert x["prompt_boxes"].shape == (1, 4)
     x = predictor.prepare(photos["coffee"], "region", points=[[300, 200], [120, 40]])
@@ -127,12 +134,11 @@ def test_prepare_refer_builds_context_and_target(predictor, photos):
     x = predictor.prepare(photos["astronaut"], "refer", text=["the red circle", "  a   blue square "])
     ctx = [_ids(predictor, "where is the red circle"), _ids(predictor, "where is a blue square")]
     tgt = [_ids(predictor, "the red circle", 40), _ids(predictor, "a blue square", 40)]
-    n = max(map(len, ctx))
-    assert x["context_ids"].tolist() == [c + [0] * (n - len(c)) for c in ctx]
-    n = max(map(len, tgt))
-    assert x["target_ids"].tolist() == [t + [0] * (n - len(t)) for t in tgt]
+    assert x["context_ids"].tolist() == [_padded(c, predictor.model.max_context_len) for c in ctx]
+    assert x["target_ids"].tolist() == [_padded(t, predictor.model.max_text_len) for t in tgt]
     assert torch.equal(x["prompt_boxes"], torch.tensor([[0.0, 0.0, 64.0, 64.0]] * 2))
-    assert predictor.prepare(photos["astronaut"], "densecap").keys() == {"image", "height", "width", "file_name", "task"}
+    dense = predictor.prepare(photos["astronaut"], "densecap")
+    assert "gt_boxes" not in dense and "target_ids" not in dense  # the image alone (and the detector's prompt)
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,9 @@ paper-scale model (SAM ViT-H + EVA02-L + Flan-T5-XL) is counted in seconds witho
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pixelllm_d2.config import get_cfg  # noqa: E402
-from pixelllm_d2.modeling import build_model  # noqa: E402
+from pixelllm_d2.config import get_cfg
+from pixelllm_d2.modeling import build_model
 
 
 def component_counts(model):

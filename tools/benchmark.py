@@ -89,27 +89,26 @@ def benchmark_train(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
             return []  # no checkpoints, evaluation or writers: the step alone is timed
 
     trainer = _Timed(cfg)
-    loop = trainer._trainer
     loader = _CountingLoader(trainer_cls.build_train_loader(cfg, start_iter=0, seed=trainer.data_seed))
-    loop.data_loader = loader
+    trainer.data_loader = loader
     with EventStorage(0) as storage:
-        loop.before_train()
+        trainer.before_train()  # no hooks: creates the loader's iterator
         for i in range(args.warmup):
-            storage.iter = loop.iter = i
-            loop.run_step()
+            storage.iter = trainer.iter = i
+            trainer.run_step()
         _sync(device)
         reset_peak_memory(device)
         images_before = loader.images
         start = time.perf_counter()
         for i in range(args.warmup, args.warmup + args.iters):
-            storage.iter = loop.iter = i
-            loop.run_step()
+            storage.iter = trainer.iter = i
+            trainer.run_step()
         _sync(device)
         elapsed = time.perf_counter() - start
     images = sum(comm.all_gather(loader.images - images_before))
     kind, mib = peak_memory_mib(device)
     peak = max(comm.all_gather(mib))
-    del trainer, loop, loader
+    del trainer, loader
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -180,24 +179,24 @@ def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
     boxes = _region_boxes(args.regions, h, w, seed).to(device)
     dec = dict(model.decode_cfg, method="greedy")
     with torch.no_grad():
-        images, sizes = model.preprocess_images([x])
-        fused = model.backbone(images, sizes)["fused"]
+        features = model.encode_images([x])
         index = torch.zeros(len(boxes), dtype=torch.long, device=device)
-        enc_h, enc_m = model.language.encode(model.encode_boxes(fused, index, boxes), model.context_ids("region", len(boxes)))
+        visual = model.encode_boxes(features, index, boxes)
+        enc_h, enc_m = model.language.encode(visual, model.context_ids("region", len(boxes)), model.tokenizer.pad_id)
         wh = torch.tensor([[w, h]], dtype=torch.float32, device=device).expand(len(boxes), 2)
 
         def ours():
-            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=True, image_map=fused, image_index=index)
+            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=True, image_map=features.fused, image_index=index)
 
         def official_decode():
-            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=False, image_map=fused, image_index=index)
+            return model.decode_captions(enc_h, enc_m, wh, dec, use_cache=False, image_map=features.fused, image_index=index)
 
         def official():
             outs = official_decode()
             # predict_points: the language model re-run teacher-forced on the decoded tokens, the head on every state
-            target = pad_sequence([o["token_ids"] for o in outs], batch_first=True, padding_value=0)
-            hidden, _, _ = model.language.decode(enc_h, enc_m, F.pad(target, (1, 0), value=0))
-            model._token_corners(hidden, wh, fused, index)
+            target = pad_sequence([o["token_ids"] for o in outs], batch_first=True, padding_value=model.tokenizer.pad_id)
+            hidden, _, _ = model.language.decode(enc_h, enc_m, F.pad(target, (1, 0), value=model.tokenizer.pad_id))
+            model.location_head.locate(hidden, wh, features.fused, index)
             return outs
 
         ours_s, a = _median_time(ours, device, args.warmup, args.iters)

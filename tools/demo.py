@@ -23,12 +23,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pixelllm_d2.config import get_cfg  # noqa: E402
-from pixelllm_d2.predictor import PREDICTOR_TASKS, PixelLLMPredictor, read_image  # noqa: E402
-from pixelllm_d2.utils.serialization import output_to_json, write_json  # noqa: E402
-from pixelllm_d2.utils.visualizer import Visualizer, save_image  # noqa: E402
+from pixelllm_d2.config import get_cfg
+from pixelllm_d2.predictor import PREDICTOR_TASKS, PixelLLMPredictor, read_image
+from pixelllm_d2.tasks import get_task, task_names
+from pixelllm_d2.utils.serialization import output_to_json, write_json
+from pixelllm_d2.utils.visualizer import Visualizer, save_image
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "pixelllm_tiny_shapes.yaml")
@@ -63,19 +62,25 @@ def _numbers(parser, values, n: int, what: str):
     return out or None
 
 
+def _names(**where) -> str:
+    return " / ".join(t for t in task_names(**where) if t in PREDICTOR_TASKS)
+
+
 def parse_args(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
     args.box = _numbers(parser, args.box, 4, "--box X0 Y0 X1 Y1")
     args.point = _numbers(parser, args.point, 2, "--point X Y")
-    if args.task != "region" and (args.box or args.point):
-        parser.error(f"--box / --point are prompts of --task region, not --task {args.task}")
-    if args.task == "region" and bool(args.box) == bool(args.point):
-        parser.error("--task region needs --box (one or more) or --point (one or more), not both")
-    if args.task == "refer" and args.text is None:
-        parser.error('--task refer needs --text "the referring expression"')
-    if args.task != "refer" and args.text is not None:
-        parser.error(f"--text is the expression of --task refer, not --task {args.task}")
+    task = get_task(args.task)
+    boxed, texted = task.prompt_box == "query", task.text_at_test == "given"
+    if not boxed and (args.box or args.point):
+        parser.error(f"--box / --point are prompts of --task {_names(prompt_box='query')}, not --task {args.task}")
+    if boxed and bool(args.box) == bool(args.point):
+        parser.error(f"--task {args.task} needs --box (one or more) or --point (one or more), not both")
+    if texted and args.text is None:
+        parser.error(f'--task {args.task} needs --text "the referring expression"')
+    if not texted and args.text is not None:
+        parser.error(f"--text is the expression of --task {_names(text_at_test='given')}, not --task {args.task}")
     if len(args.opts) % 2:
         parser.error(f"--opts needs KEY VALUE pairs, got {len(args.opts)} items")
     return args
@@ -195,7 +200,7 @@ def main(argv=None) -> int:
         seconds = (time.perf_counter() - start) / len(chunk)
         for (path, stem, image, _), out in zip(chunk, outputs):
             h, w = image.shape[:2]
-            record = output_to_json(out, path, h, w, texts=args.text if args.task == "refer" else None, points=args.point)
+            record = output_to_json(out, path, h, w, texts=args.text if get_task(args.task).text_at_test == "given" else None, points=args.point)
             write_json(os.path.join(args.output, f"{stem}.json"), record)
             picture = Visualizer(image).draw_outputs(out, texts=args.text, points=args.point)
             save_image(os.path.join(args.output, f"{stem}.png"), picture)

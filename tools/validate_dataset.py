@@ -13,11 +13,9 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pixelllm_d2.data import MetadataCatalog  # noqa: E402  (registers the builtin datasets)
-from pixelllm_d2.data.datasets.shapes import ensure_shapes  # noqa: E402
-from pixelllm_d2.data.validation import FORMATS, validate_source  # noqa: E402
+from pixelllm_d2.data import MetadataCatalog
+from pixelllm_d2.data.datasets.shapes import ensure_shapes
+from pixelllm_d2.data.validate import FORMATS, validate_source
 
 
 def _dataset_sources(name: str):

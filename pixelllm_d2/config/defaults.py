@@ -319,7 +319,8 @@ _C.MODEL.PIXELLLM.DECODE.NO_IMMEDIATE_REPEAT = True
 _C.INPUT = CfgNode()
 # Longest image side after resizing, in pixels; images are zero-padded to IMAGE_SIZE x IMAGE_SIZE (paper: 384).
 _C.INPUT.IMAGE_SIZE = 384
-# Channel order of decoded images handed to the model.
+# Channel order of numpy images given to the predictor ("RGB", or "BGR" as OpenCV decodes them). Files are decoded
+# to RGB whatever their format; the model always receives RGB.
 _C.INPUT.FORMAT = "RGB"
 # Train-time augmentation per task: scale jitter range (multiplier of IMAGE_SIZE, then a random IMAGE_SIZE crop)
 # and horizontal flip (applied only where the text cannot name left/right).
@@ -350,10 +351,6 @@ _C.DATASETS.TRAIN_RATIOS = ()
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 4
-# "TrainingSampler" (infinite shuffled stream, detectron2's).
-_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
-# Group images of similar aspect ratio in a batch (unused: images are padded to a square).
-_C.DATALOADER.ASPECT_RATIO_GROUPING = False
 # Drop training images without any usable annotation.
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # Allow one batch to hold images of several datasets/tasks (per-sample task masks weigh the losses).

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..tasks import get_task
 from .catalog import DatasetCatalog, MetadataCatalog
 from .dataset_mapper import DatasetMapper
 from .detection_utils import DataError
@@ -299,7 +300,8 @@ def build_test_loader(
         mapper: callable dict -> model input; None: `DatasetMapper(cfg, is_train=False, task=...)`.
     """
     task = MetadataCatalog.get(dataset_name).task
-    dicts = get_detection_dataset_dicts(dataset_name, filter_empty=task != "densecap")
+    # images without annotations still get detections: kept for the detector's task only
+    dicts = get_detection_dataset_dicts(dataset_name, filter_empty=get_task(task).queries != "detector")
     rank, world_size = _dist_info(rank, world_size)
     shard = [dicts[i] for i in _shard(len(dicts), rank, world_size)]
     mapper = mapper if mapper is not None else DatasetMapper(cfg, is_train=False, task=task)

@@ -201,7 +201,12 @@ class DefaultTrainer(TrainerBase):
 
     @property
     def data_loader(self):
+        """The training loader (built by `train()` unless set before)."""
         return self._trainer.data_loader
+
+    @data_loader.setter
+    def data_loader(self, loader) -> None:
+        self._trainer.data_loader = loader
 
     def resume_or_load(self, resume: bool = True) -> None:
         """With `resume` and an `OUTPUT_DIR/last_checkpoint`, restore everything from it and continue after its

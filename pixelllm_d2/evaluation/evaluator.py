@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .distributed import get_world_size, is_main_process
+from ..utils.comm import get_world_size, is_main_process
 
 __all__ = ["DatasetEvaluator", "DatasetEvaluators", "inference_on_dataset", "inference_context"]
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .distributed import all_gather, is_main_process
+from ..utils.comm import all_gather, is_main_process
 from .evaluator import DatasetEvaluator
 from .ground_truth import captions_ground_truth, refer_ground_truth, subset_ground_truth, vg_ground_truth
 from .records import mask_rle, output_records, xywh_lists

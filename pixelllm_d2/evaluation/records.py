@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_util
 
 from ..structures.boxes import BoxMode
+from ..structures.masks import mask_to_rle as mask_rle
 
 __all__ = [
     "BOX_FORMATS", "BOX_FIELDS", "xywh_lists", "output_records", "mask_rle", "normalize_predictions", "group_by_image",
@@ -34,12 +34,6 @@ def xywh_lists(boxes_xyxy: torch.Tensor) -> List[List[float]]:
     """[N, 4] XYXY boxes -> N lists [x, y, w, h] (computed in float64 so w = x1 - x0 loses nothing)."""
     b = torch.as_tensor(boxes_xyxy).detach().cpu().to(torch.float64).reshape(-1, 4)
     return torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], dim=1).tolist()
-
-
-def mask_rle(mask: torch.Tensor) -> Dict[str, Any]:
-    """A bool [H, W] mask as a json-ready COCO RLE {"size": [H, W], "counts": str}."""
-    rle = mask_util.encode(np.asfortranarray(torch.as_tensor(mask).detach().cpu().numpy().astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def output_records(inp: Mapping[str, Any], out: Mapping[str, Any]) -> List[Dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 from pycocotools import mask as mask_util
 
+from ..structures.masks import segmentation_to_rle as segmentation_rle
 from .densecap import pairwise_iou_xywh
 from .ground_truth import parse_refer
 from .records import index_records
@@ -24,25 +25,6 @@ from .scorer import Scorer
 __all__ = ["segmentation_rle", "mask_intersection_union", "ReferScorer"]
 
 logger = logging.getLogger(__name__)
-
-
-def segmentation_rle(segm: Any, height: int, width: int, where: str) -> dict:
-    """A COCO segmentation (polygon list, uncompressed or compressed RLE) as one compressed RLE of an
-    `height` x `width` image."""
-    if isinstance(segm, list):
-        polygons = [p for p in segm if len(p) >= 6]
-        if not polygons:
-            return mask_util.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
-        return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    if isinstance(segm, dict) and "counts" in segm and "size" in segm:
-        if list(segm["size"]) != [height, width]:
-            raise ValueError(f"{where}: mask of size {segm['size']} for an image of {height}x{width} (original "
-                             "pixels expected)")
-        if isinstance(segm["counts"], list):
-            return mask_util.frPyObjects(segm, height, width)
-        counts = segm["counts"].encode("ascii") if isinstance(segm["counts"], str) else segm["counts"]
-        return {"size": [height, width], "counts": counts}
-    raise ValueError(f"{where}: 'segmentation' must be COCO polygons or an RLE dict, got {type(segm).__name__}")
 
 
 def mask_intersection_union(a: dict, b: dict):

@@ -2,10 +2,11 @@
 import json
 import math
 import os
-import tempfile
 from typing import Any, Dict, Mapping
 
 from tabulate import tabulate
+
+from ..utils.file_io import atomic_write
 
 __all__ = ["load_json", "write_json_atomic", "results_table", "json_ready"]
 
@@ -22,21 +23,11 @@ def load_json(path: str, what: str = "file") -> Any:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write `obj` as json to `path` through a temporary file in the same folder and `os.replace`, so a killed
-    run leaves either the old file or the complete new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write `obj` as json (no NaN / Inf) to `path` atomically (`utils.file_io.atomic_write`), creating its folder:
+    a killed run leaves either the old file or the complete new one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, allow_nan=False)
 
 
 def results_table(results: Mapping[str, float], title: str = "") -> str:

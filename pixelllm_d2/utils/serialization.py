@@ -6,19 +6,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
+
+from ..structures.masks import mask_to_rle
+from .file_io import atomic_write
 
 __all__ = ["mask_to_rle", "output_to_json", "atomic_write_bytes", "write_json"]
-
-
-def mask_to_rle(mask) -> Dict:
-    """(H, W) bool mask (numpy or torch) -> COCO RLE {"size": [H, W], "counts": str} (pycocotools' compressed
-    string; `pycocotools.mask.decode` reads it back)."""
-    m = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    if m.ndim != 2:
-        raise ValueError(f"mask_to_rle: expected an (H, W) mask, got shape {m.shape}")
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _clip_boxes(boxes, width: int, height: int) -> np.ndarray:
@@ -85,17 +77,10 @@ def output_to_json(
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`, so a killed process
-    never leaves a torn file."""
+    """Write `data` to `path` atomically (`file_io.atomic_write`), creating its folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
 
 
 def write_json(path: str, obj) -> None:

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..tasks import get_task
 from .serialization import atomic_write_bytes
 
 __all__ = ["PALETTE", "Visualizer", "save_image"]
@@ -145,21 +146,24 @@ class Visualizer:
     def draw_outputs(self, output: Dict, texts: Optional[Sequence[str]] = None, points=None, max_regions: int = 20) -> np.ndarray:
         """Draw one image's model output (docs/DESIGN.md §3) and return the picture.
 
-        caption: the per-word trace of each caption, the caption in the strip. region: each query's box (or
-        its prompt `points`, (P, 2) original pixels) in its colour, numbered, its caption in the strip.
-        refer: each query's mask (when present) and box labelled with its text (`texts`, default the model's
-        caption). densecap: the `max_regions` best-scoring boxes with their captions.
+        By what the output's task is (`pixelllm_d2.tasks`): whole-image captions (caption, trace): the per-word
+        trace of each caption, the caption in the strip. Box prompts (region): each query's box (or its prompt
+        `points`, (P, 2) original pixels) in its colour, numbered, its caption in the strip. A box read at the
+        last word (refer): each query's mask (when present) and box labelled with its text (`texts`, default the
+        model's caption). The detector's (densecap): the `max_regions` best-scoring boxes with their captions.
         Returns:
             (H', W', 3) uint8 RGB: the (possibly upscaled) image plus the caption strip.
         """
-        task = output["task"]
+        task = get_task(output["task"])
         captions = output["captions"]
         boxes = _numpy(output["pred_boxes"])
-        if task == "caption":
-            for k, caption in enumerate(captions):
-                self.draw_trace(output["words"][k], output["word_points"][k])
-                self.add_line(f"caption: {caption}")
-        elif task == "region":
+        if task.queries == "detector":
+            scores = _numpy(output["scores"]).reshape(-1)
+            for rank, k in enumerate(np.argsort(-scores, kind="stable")[:max_regions]):
+                color = PALETTE[rank % len(PALETTE)]
+                self.draw_box(boxes[k], color, str(rank + 1))
+                self.add_line(f"{rank + 1}: {captions[k]} ({scores[k]:.2f})", color)
+        elif task.prompt_box == "query":
             for k, caption in enumerate(captions):
                 color = PALETTE[k % len(PALETTE)]
                 if points is not None:
@@ -167,7 +171,7 @@ class Visualizer:
                 else:
                     self.draw_box(boxes[k], color, str(k + 1))
                 self.add_line(f"{k + 1}: {caption}", color)
-        elif task == "refer":
+        elif task.box_at_last_word:
             for k, caption in enumerate(captions):
                 color = PALETTE[k % len(PALETTE)]
                 text = texts[k] if texts is not None else caption
@@ -175,14 +179,10 @@ class Visualizer:
                     self.draw_mask(output["pred_masks"][k], color)
                 self.draw_box(boxes[k], color, text)
                 self.add_line(f"{k + 1}: \"{text}\"", color)
-        elif task == "densecap":
-            scores = _numpy(output["scores"]).reshape(-1)
-            for rank, k in enumerate(np.argsort(-scores, kind="stable")[:max_regions]):
-                color = PALETTE[rank % len(PALETTE)]
-                self.draw_box(boxes[k], color, str(rank + 1))
-                self.add_line(f"{rank + 1}: {captions[k]} ({scores[k]:.2f})", color)
         else:
-            raise ValueError(f"draw_outputs: unknown task {task!r}")
+            for k, caption in enumerate(captions):
+                self.draw_trace(output["words"][k], output["word_points"][k])
+                self.add_line(f"caption: {caption}")
         return self.get_image()
 
     def _wrap(self, text: str, width: int) -> List[str]:

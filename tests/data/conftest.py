@@ -1,4 +1,6 @@
-"""Fixtures of the data tests: a small shapes benchmark in a temporary root and a CPU-sized config."""
+"""Fixtures of the data tests: a small shapes benchmark in a temporary root, a CPU-sized config, and
+tools/validate_dataset.py as a module."""
+import importlib.util
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,3 +32,13 @@ def cfg():
     c.SOLVER.IMS_PER_BATCH = 4
     c.TEST.IMS_PER_BATCH = 4
     return c
+
+
+@pytest.fixture(scope="module")
+def tool():
+    """tools/validate_dataset.py, imported as a module (its `main(argv)` returns the exit status)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools", "validate_dataset.py")
+    spec = importlib.util.spec_from_file_location("validate_dataset", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

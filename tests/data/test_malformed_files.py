@@ -2,7 +2,6 @@
 name the file and the record. Repeated ids are refused (never skipped). A seeded mutation fuzzer covers every
 format."""
 import copy
-import importlib.util
 import json
 import os
 import pickle
@@ -24,19 +23,11 @@ from pixelllm_d2.data.datasets import (
     load_vg_json,
     register_vg_json,
 )
-from pixelllm_d2.data.validation import DatasetFileError, DuplicateIdError, ValidationReport, validate_source
+from pixelllm_d2.data.validate import validate_source
+from pixelllm_d2.data.validation import DatasetFileError, DuplicateIdError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 W, H = 40, 30
-
-
-@pytest.fixture(scope="module")
-def tool():
-    path = os.path.join(REPO, "tools", "validate_dataset.py")
-    spec = importlib.util.spec_from_file_location("validate_dataset", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -------------------------------------------------------------------------------------------- valid base records

@@ -15,7 +15,7 @@ from pixelllm_d2.data.datasets.shapes_scenes import ShapeObject
 from pixelllm_d2.data.datasets.shapes_text import COLOR_RGB, COLORS, POSITIONS, SHAPES, SIZES, referring_expressions
 from pixelllm_d2.data.detection_utils import read_image
 from pixelllm_d2.structures import box_iou
-from pixelllm_d2.tokenizer import build_tokenizer
+from pixelllm_d2.text import build_tokenizer
 
 
 def _digest(folder):

@@ -5,7 +5,7 @@ import pytest
 
 from pixelllm_d2.data.datasets.shapes_text import narrative_utterances
 from pixelllm_d2.data.trace_alignment import align_tokens_to_utterances, summarize_traces
-from pixelllm_d2.tokenizer import build_tokenizer
+from pixelllm_d2.text import build_tokenizer
 
 # Official alignment only looks at the ids' pad / EOS status; T5 convention: pad 0, EOS 1.
 FAKE_TOKENIZER = SimpleNamespace(pad_id=0, eos_id=1)

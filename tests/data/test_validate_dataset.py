@@ -1,23 +1,12 @@
 """tools/validate_dataset.py: reports every kind of malformed record with file and record; exit status."""
-import importlib.util
 import json
 import os
 
 import numpy as np
-import pytest
 
 from fixture_files import truncate_file, write_image, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(scope="module")
-def tool():
-    path = os.path.join(REPO, "tools", "validate_dataset.py")
-    spec = importlib.util.spec_from_file_location("validate_dataset", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _vg_fixture(tmp_path, broken=True):

@@ -138,16 +138,21 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(reference_runs,
     assert _metrics(out) == _metrics(ref_out)  # the smoothing windows of the logged losses survive the resume
 
 
+def _only_checkpoint(ref_out: str, out: str, iteration: int) -> None:
+    """`out` holds the reference run's checkpoint of `iteration` alone, named by last_checkpoint."""
+    os.makedirs(out)
+    name = f"model_{iteration:07d}.pth"
+    shutil.copy(os.path.join(ref_out, name), out)
+    with open(os.path.join(out, "last_checkpoint"), "w") as f:
+        f.write(name)
+
+
 @pytest.mark.parametrize("procs", [1, 2])
 def test_resume_from_the_last_checkpoint_writes_the_final_weights(reference_runs, data_root, tmp_path, procs):
     """A kill during the final save: only the checkpoint of the last iteration exists."""
     ref_out = reference_runs(procs)
     cfg_file, out = _write_cfg(str(tmp_path))
-    os.makedirs(out)
-    last = f"model_{MAX_ITER - 1:07d}.pth"
-    shutil.copy(os.path.join(ref_out, last), out)
-    with open(os.path.join(out, "last_checkpoint"), "w") as f:
-        f.write(last)
+    _only_checkpoint(ref_out, out, MAX_ITER - 1)
     with open(os.path.join(ref_out, "metrics.json")) as f:
         lines = f.readlines()
     with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -163,11 +168,7 @@ def test_resume_from_the_last_checkpoint_writes_the_final_weights(reference_runs
 def test_resume_from_a_middle_checkpoint_is_bit_identical(reference_runs, data_root, tmp_path):
     ref_out = reference_runs(1)
     cfg_file, out = _write_cfg(str(tmp_path))
-    os.makedirs(out)
-    middle = f"model_{2 * PERIOD - 1:07d}.pth"
-    shutil.copy(os.path.join(ref_out, middle), out)
-    with open(os.path.join(out, "last_checkpoint"), "w") as f:
-        f.write(middle)
+    _only_checkpoint(ref_out, out, 2 * PERIOD - 1)
     p = _run(_cmd(cfg_file, "--resume"), _env(data_root))
     assert f"Starting training from iteration {2 * PERIOD}" in p.stdout + p.stderr
     assert _differing_tensors(ref_out, out) == []

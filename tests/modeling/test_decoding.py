@@ -21,7 +21,7 @@ def _feature_fn(model, wh, seed=0):
     g = torch.Generator().manual_seed(seed)
     fmap = torch.randn(2, model.backbone.out_channels, *model.backbone.grid, generator=g)
     index = torch.tensor([0, 1, 1])
-    return lambda h, q: model._token_corners(h[:, None], wh[q], fmap, index[q])[:, 0], fmap, index
+    return lambda h, q: model.location_head.locate(h[:, None], wh[q], fmap, index[q])[:, 0], fmap, index
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -51,7 +51,7 @@ def test_locations_collected_while_decoding_equal_a_teacher_forced_pass(num_beam
     gen = generate(model.language, enc_h, enc_m, fn, max_len=10, num_beams=num_beams, vocab_limit=len(model.tokenizer))
     dec_in = torch.nn.functional.pad(gen.tokens, (1, 0), value=0)
     hidden, _, _ = model.language.decode(enc_h, enc_m, dec_in)
-    forced = model._token_corners(hidden, wh, fmap, index)[:, 1:]  # token j is the decoder input at position j + 1
+    forced = model.location_head.locate(hidden, wh, fmap, index)[:, 1:]  # token j is the decoder input at position j + 1
     real = (gen.tokens != 0) & (gen.tokens != 1)
     assert real.any()
     assert torch.allclose(gen.features[real], forced[real], atol=1e-4)

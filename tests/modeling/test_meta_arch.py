@@ -75,19 +75,19 @@ def test_gradients_reach_trainable_parts_and_never_frozen_ones(batch, opts):
 def test_shared_prompts_run_the_extractor_once_with_identical_results(batch):
     model = tiny_model()
     model.eval()
-    from pixelllm_d2.modeling.meta_arch.queries import gather_queries
+    from pixelllm_d2.modeling.prompt.visual_tokens import encode_prompts
 
     # two images, two expressions each, all with their image's whole-image prompt
     other = dict(batch[1], image=torch.flip(batch[1]["image"], dims=[-1]))
     refer = [batch[1], other]
-    q = gather_queries(refer, model.device)
+    q = model.queries(refer)
     calls = []
     hook = model.prompt_extractor.register_forward_hook(lambda m, i, o: calls.append(i[2].shape[0]))
-    feats = model.backbone(*model.preprocess_images(refer))
-    shared = model.encode_prompts(feats["fused"], q)
+    feats = model.encode_images(refer)
+    shared = encode_prompts(model.prompt_encoder, model.prompt_extractor, feats.fused, q)
     hook.remove()
     assert calls == [2]  # one pass per distinct (image, prompt)
-    separate = torch.cat([model.encode_boxes(feats["fused"], q.image_index[k : k + 1], q.boxes[k : k + 1]) for k in range(4)])
+    separate = torch.cat([model.encode_boxes(feats, q.image_index[k : k + 1], q.boxes[k : k + 1]) for k in range(4)])
     assert torch.allclose(shared, separate, atol=1e-6)
     assert not torch.allclose(shared[0], shared[2], atol=1e-3)  # each query got its own image's tokens
 
@@ -95,16 +95,14 @@ def test_shared_prompts_run_the_extractor_once_with_identical_results(batch):
 def test_region_tokens_are_located_at_the_region_box():
     # official get_gt_points_from_boxes: every token of a region caption is trained towards the region's box
     model = tiny_model()
-    from pixelllm_d2.modeling.meta_arch.queries import gather_queries
-
     region = [x for x in make_batch() if x["task"] == "region"]
-    q = gather_queries(region, model.device, require_targets=True)
-    gt, valid, _ = model._token_targets(q)
+    q = model.queries(region, require_targets=True)
+    gt, valid = model.location_head.token_targets(q, model.tokenizer.eos_id)
     n = int(((q.target_ids != 0) & (q.target_ids != 1)).sum())
     assert int(valid.sum()) == n == 3  # "small red circle", EOS excluded
     assert torch.equal(gt[valid], torch.tensor([[5.0, 5.0, 30.0, 30.0]]).expand(n, 4))
     off = tiny_model("MODEL.PIXELLLM.LOSS.REGION_POINTS", "False")
-    assert not off._token_targets(q)[1].any()
+    assert not off.location_head.token_targets(q, model.tokenizer.eos_id)[1].any()
 
 
 def test_task_fraction_scales_losses():
@@ -212,8 +210,8 @@ def test_mask_train_max_queries_caps_the_trained_masks(batch, cap, trained):
     assert all(torch.isfinite(losses[k]) for k in ("loss_mask_focal", "loss_mask_dice", "loss_mask_iou"))
 
 
-@pytest.mark.parametrize("key,value,message", [("TRAIN_MAX_QUERIES", -1, "mask_train_max_queries must be >= 0"),
-                                               ("TRAIN_BOX_NOISE", -0.1, "mask_train_box_noise must be >= 0")])
+@pytest.mark.parametrize("key,value,message", [("TRAIN_MAX_QUERIES", -1, r"train_max_queries \(MASK_HEAD.TRAIN_MAX_QUERIES\) must be >= 0"),
+                                               ("TRAIN_BOX_NOISE", -0.1, r"train_box_noise \(MASK_HEAD.TRAIN_BOX_NOISE\) must be >= 0")])
 def test_mask_train_options_must_not_be_negative(key, value, message):
     with pytest.raises(ValueError, match=message):
         tiny_model(f"MODEL.PIXELLLM.MASK_HEAD.{key}", value)

@@ -5,7 +5,7 @@ import torch
 
 from pixelllm_d2.config import get_cfg
 from pixelllm_d2.modeling import build_model
-from pixelllm_d2.tokenizer import build_tokenizer
+from pixelllm_d2.text import build_tokenizer
 
 REPO_CFG_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "configs"))
 TINY_CFG = os.path.join(REPO_CFG_DIR, "tiny", "pixelllm_tiny.yaml")

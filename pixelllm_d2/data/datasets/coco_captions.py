@@ -4,7 +4,7 @@ from typing import List, Optional
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..validation import ValidationReport, caption_problem, check_id, check_text, require_fields
-from .builtin_meta import evaluator_type_of
+from ...tasks import get_task
 from .common import finish_load, load_coco_style
 
 __all__ = ["load_coco_captions_json", "register_coco_captions"]
@@ -51,6 +51,6 @@ def register_coco_captions(name: str, json_file: str, image_root: str, task: str
     """Register a COCO captions json as dataset `name` (task "caption", evaluator "caption")."""
     DatasetCatalog.register(name, lambda: load_coco_captions_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(
-        task=task, evaluator_type=evaluator_type_of(task), format="coco_captions", json_file=json_file,
+        task=task, evaluator_type=get_task(task).evaluator, format="coco_captions", json_file=json_file,
         image_root=image_root,
     )

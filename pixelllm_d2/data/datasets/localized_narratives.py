@@ -16,7 +16,7 @@ from ..catalog import DatasetCatalog, MetadataCatalog
 from ..detection_utils import ImageReadError, image_size
 from ..trace_alignment import summarize_traces
 from ..validation import DatasetFileError, ValidationReport, caption_problem, check_id, check_text, require_fields
-from .builtin_meta import evaluator_type_of
+from ...tasks import get_task
 from .common import finish_load, index_images, load_json
 
 __all__ = ["load_ln_jsonl", "register_ln_jsonl", "COCO_IMAGE_FILE_FORMAT"]
@@ -192,6 +192,6 @@ def register_ln_jsonl(
         name, lambda: load_ln_jsonl(files, image_root, image_file_format, image_info_json, name)
     )
     MetadataCatalog.get(name).set(
-        task=task, evaluator_type=evaluator_type_of(task), format="ln", jsonl_files=files, image_root=image_root,
+        task=task, evaluator_type=get_task(task).evaluator, format="ln", jsonl_files=files, image_root=image_root,
         image_file_format=image_file_format, image_info_json=image_info_json,
     )

@@ -28,7 +28,7 @@ from ..validation import (
     check_xywh_box,
     require_fields,
 )
-from .builtin_meta import evaluator_type_of
+from ...tasks import get_task
 from .common import finish_load, index_images, load_coco_style, load_json
 
 __all__ = [
@@ -288,7 +288,7 @@ def register_refcoco(
     "region" (caption each referred box: location-conditioned captioning, evaluator "loca")."""
     DatasetCatalog.register(name, lambda: load_refcoco(refs_file, instances_json, image_root, split, name))
     MetadataCatalog.get(name).set(
-        task=task, evaluator_type=evaluator_type_of(task), format="refcoco", refs_file=refs_file,
+        task=task, evaluator_type=get_task(task).evaluator, format="refcoco", refs_file=refs_file,
         instances_json=instances_json, image_root=image_root, split=split,
     )
 
@@ -297,6 +297,6 @@ def register_mdetr_refcoco(name: str, json_file: str, image_root: str, task: str
     """Register an MDETR referring json as `name` (task as in `register_refcoco`)."""
     DatasetCatalog.register(name, lambda: load_mdetr_refcoco_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(
-        task=task, evaluator_type=evaluator_type_of(task), format="mdetr_refcoco", json_file=json_file,
+        task=task, evaluator_type=get_task(task).evaluator, format="mdetr_refcoco", json_file=json_file,
         image_root=image_root,
     )

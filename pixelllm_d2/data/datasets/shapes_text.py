@@ -1,8 +1,7 @@
 """The words and text templates of the embedded "shapes" benchmark.
 
-Both the scene generator (captions, expressions, narratives) and the "shapes" tokenizer
-(`pixelllm_d2.tokenizer.build_tokenizer("shapes")`, word-level) are built from this module, so every word the
-generator writes must be listed here; a test checks that no generated text maps to the unknown token.
+The generator writes only the words of `pixelllm_d2.text.shapes_vocabulary`, which the "shapes" tokenizer is
+trained on; a test checks that no generated text maps to the unknown token.
 Texts use no punctuation: the word-level tokenizer splits on white space only.
 
 The text functions take objects with `shape`, `color`, `size` and `box` ([x0, y0, x1, y1] pixels) attributes
@@ -12,29 +11,11 @@ from typing import List, Sequence
 
 import numpy as np
 
-COLORS = ("red", "green", "blue", "yellow")
-SHAPES = ("circle", "square", "triangle")
-SIZES = ("small", "large")
-# Relative positions used to tell apart objects of the same description.
-POSITIONS = ("left", "right", "top", "bottom")
+from ...text.shapes_vocabulary import COLORS, POSITIONS, SHAPES, SIZES, vocabulary  # noqa: F401  (re-exported)
+
 # Saturated RGB fill of each colour; every one has a channel <= 60, which no (light) background has.
 COLOR_RGB = {"red": (220, 40, 40), "green": (40, 165, 60), "blue": (40, 80, 225), "yellow": (240, 205, 25)}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
-
-# Words of the templates (captions, referring expressions, narratives).
-TEMPLATE_WORDS = (
-    "a an the and on in of this image we can see there is are at with two three four "
-    "one another next to it picture shows some shapes shape object objects"
-).split()
-
-# Words of the default context prompts (MODEL.PIXELLLM.PROMPTS), verbatim so they tokenize without unknowns.
-PROMPT_WORDS = "A long short image caption: an object of where is".split()
-
-
-def vocabulary() -> List[str]:
-    """Every word the benchmark's texts and the default prompts may contain (sorted, unique)."""
-    words = set(COLORS) | set(SHAPES) | set(SIZES) | set(POSITIONS) | set(TEMPLATE_WORDS) | set(PROMPT_WORDS)
-    return sorted(words)
 
 
 def region_caption(obj) -> str:

@@ -6,7 +6,7 @@ from typing import List, Optional
 from ...structures import BoxMode
 from ..catalog import DatasetCatalog, MetadataCatalog
 from ..validation import UniqueIds, ValidationReport, caption_problem, check_id, check_text, check_xywh_box, require_fields
-from .builtin_meta import evaluator_type_of
+from ...tasks import get_task
 from .common import finish_load, load_coco_style
 
 __all__ = ["load_vg_json", "register_vg_json"]
@@ -66,5 +66,5 @@ def register_vg_json(name: str, json_file: str, image_root: str, task: str = "de
     (caption each GT box: location-conditioned captioning, evaluator "loca")."""
     DatasetCatalog.register(name, lambda: load_vg_json(json_file, image_root, name))
     MetadataCatalog.get(name).set(
-        task=task, evaluator_type=evaluator_type_of(task), format="vg", json_file=json_file, image_root=image_root
+        task=task, evaluator_type=get_task(task).evaluator, format="vg", json_file=json_file, image_root=image_root
     )

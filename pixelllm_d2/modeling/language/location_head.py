@@ -6,17 +6,131 @@ to, so pointing is learned as a choice among map cells (with a cross-entropy on 
 regression from scratch (MODEL_ZOO.md, "Pointing by attention").
 """
 import math
-from typing import Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...config import configurable
-from ...structures import points_to_boxes
+from ...structures import Queries, points_to_boxes
+from ...tasks import Task
 from ..build import LOCATION_HEAD_REGISTRY
+from ..losses import cell_loss, corner_l1_loss, giou_loss
 
-__all__ = ["MLPLocationHead", "MapAttentionLocationHead", "points_to_boxes", "cell_centres", "cell_size", "cell_targets"]
+__all__ = [
+    "LocationHead", "MLPLocationHead", "MapAttentionLocationHead", "points_to_boxes", "cell_centres", "cell_size",
+    "cell_targets", "location_loss_config",
+]
+
+# The share of a batch's images whose task satisfies a predicate (the official per-task loss scaling).
+Share = Callable[[Callable[[Task], bool]], float]
+
+
+def location_loss_config(cfg) -> dict:
+    """The location losses' keyword arguments of every location head (MODEL.PIXELLLM.LOSS)."""
+    loss = cfg.MODEL.PIXELLLM.LOSS
+    return dict(
+        point_weight=loss.POINT_WEIGHT, ref_box_weight=loss.REF_BOX_WEIGHT, ref_giou_weight=loss.REF_GIOU_WEIGHT,
+        cell_weight=loss.CELL_WEIGHT, region_points=loss.REGION_POINTS, image_size=cfg.INPUT.IMAGE_SIZE,
+    )
+
+
+class LocationHead(nn.Module):
+    """Base of the location heads: their losses, weighted here.
+
+    Args:
+        point_weight: per-token corner L1 (pixels; official 0.1).
+        ref_box_weight, ref_giou_weight: the box read at the last word: corner L1 (official 0.1) and GIoU (0: off).
+        cell_weight: cross-entropy of a map-reading head's attention against the cells inside each target box.
+        region_points: train every token of a region / dense caption towards its box (tasks whose
+            `token_targets` is "query_box" / "matched_box"); trace tokens are always trained.
+        image_size: side of the padded input (the cell grid covers it).
+    """
+
+    def __init__(self, *, point_weight: float = 0.1, ref_box_weight: float = 0.1, ref_giou_weight: float = 0.0,
+                 cell_weight: float = 0.0, region_points: bool = True, image_size: int = 384):
+        super().__init__()
+        for name, v in (("point_weight", point_weight), ("ref_box_weight", ref_box_weight),
+                        ("ref_giou_weight", ref_giou_weight), ("cell_weight", cell_weight)):
+            if v < 0:
+                raise ValueError(f"location head: {name} must be >= 0, got {v}")
+        self.point_weight = point_weight
+        self.ref_box_weight = ref_box_weight
+        self.ref_giou_weight = ref_giou_weight
+        self.cell_weight = cell_weight
+        self.region_points = region_points
+        self.image_size = image_size
+
+    def locate(self, hidden: torch.Tensor, image_wh: torch.Tensor, image_map: Optional[torch.Tensor] = None,
+               image_index: Optional[torch.Tensor] = None, return_logits: bool = False):
+        """`forward` with the two corners flattened: (Q, T, 4) (x0, y0, x1, y1), resized pixels [, (Q, T, H * W)
+        attention logits of a map-reading head, else None]."""
+        out = self(hidden, image_wh, image_map, image_index, return_logits=return_logits)
+        if return_logits:
+            return out[0].flatten(-2), out[1]
+        return out.flatten(-2)
+
+    def _located(self, task: Task) -> bool:
+        return task.token_targets == "trace_boxes" or (task.token_targets != "none" and self.region_points)
+
+    def token_targets(self, q: Queries, eos_id: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-token location targets (Q, T, 4) and their validity (Q, T), by each row's task (`Task.token_targets`):
+        the aligned trace boxes; with `region_points`, the query's box for every text token ("query_box", the
+        official `get_gt_points_from_boxes`) or the matched GT box the dense-caption glue put in `token_boxes`."""
+        t = q.target_ids.shape[1]
+        gt = q.token_boxes if q.token_boxes is not None else q.boxes.new_zeros(len(q), t, 4)
+        has_box = gt.abs().sum(-1) > 0
+        valid = has_box & q.flag("token_targets", "trace_boxes")[:, None]
+        if self.region_points:
+            real = (q.target_ids != q.pad_id) & (q.target_ids != eos_id)
+            region = q.flag("token_targets", "query_box")[:, None] & real
+            gt = torch.where(region[..., None], q.boxes[:, None, :].expand(-1, t, -1), gt)
+            matched = q.flag("token_targets", "matched_box")[:, None] & real & has_box
+            valid = valid | region | matched
+        return gt, valid
+
+    def losses(self, corners: torch.Tensor, cell_logits: Optional[torch.Tensor], q: Queries, eos_id: int,
+               grid: Tuple[int, int], share: Share) -> Dict[str, torch.Tensor]:
+        """The weighted location losses of a teacher-forced batch.
+
+        Args:
+            corners: (Q, T, 4) predicted corners (x0, y0, x1, y1) at every decoder input position, resized pixels.
+            cell_logits: (Q, T, H * W) a map-reading head's attention logits, or None.
+            q: the queries (trimmed): `target_ids`, `token_boxes`, `boxes`, `ref_boxes`, `task`.
+            eos_id: the tokenizer's EOS id.
+            grid: (H, W) of the map the cells cover.
+            share: the batch share of the images of tasks satisfying a predicate.
+        Returns:
+            {"loss_point", "loss_cell", "loss_ref_box", "loss_ref_giou"}, each where it applies.
+        """
+        losses: Dict[str, torch.Tensor] = {}
+        cell_on = cell_logits is not None and self.cell_weight > 0
+        gt, valid = self.token_targets(q, eos_id)
+        if valid.any():
+            # Token j of the target is the decoder input at position j + 1; its location is read there.
+            f = share(self._located)
+            losses["loss_point"] = self.point_weight * f * corner_l1_loss(corners[:, 1:], gt[:, :-1], valid[:, :-1])
+            if cell_on:
+                v = valid[:, :-1]
+                target = cell_targets(gt[:, :-1][v], grid, self.image_size)
+                losses["loss_cell"] = self.cell_weight * f * cell_loss(cell_logits[:, 1:][v], target)
+        last = q.flag("box_at_last_word")
+        if last.any():
+            if q.ref_boxes is None:
+                raise ValueError(f"training queries of tasks {sorted(set(q.task))} need 'ref_boxes'")
+            rows = torch.arange(len(q), device=corners.device)
+            at = q.last_word(eos_id)
+            pred, target = corners[rows, at][last], q.ref_boxes[last]
+            f = share(lambda t: t.box_at_last_word)
+            if cell_on:
+                ref_cell = self.cell_weight * f * cell_loss(cell_logits[rows, at][last], cell_targets(target, grid, self.image_size))
+                losses["loss_cell"] = losses.get("loss_cell", 0.0) + ref_cell
+            ones = torch.ones(len(target), dtype=torch.bool, device=target.device)
+            losses["loss_ref_box"] = self.ref_box_weight * f * corner_l1_loss(pred, target, ones)
+            if self.ref_giou_weight > 0:
+                losses["loss_ref_giou"] = self.ref_giou_weight * f * giou_loss(pred, target)
+        return losses
 
 
 def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
@@ -32,7 +146,7 @@ def _mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequ
 
 
 @LOCATION_HEAD_REGISTRY.register()
-class MLPLocationHead(nn.Module):
+class MLPLocationHead(LocationHead):
     """Pre-LayerNorm MLP (official: 4 linear layers, hidden width 512, exact GELU) predicting per token the
     top-left and bottom-right corners of the region the token refers to, as fractions of the unpadded image:
     coordinates are `(raw + 1) / 2` (no sigmoid or clamp, as the official head) times the image width / height.
@@ -41,17 +155,18 @@ class MLPLocationHead(nn.Module):
         in_dim: decoder hidden width.
         hidden_dim: MLP width.
         num_layers: number of Linear layers (>= 1).
+        losses: the loss settings of `LocationHead`.
     """
 
     @configurable
-    def __init__(self, *, in_dim: int, hidden_dim: int = 512, num_layers: int = 4):
-        super().__init__()
+    def __init__(self, *, in_dim: int, hidden_dim: int = 512, num_layers: int = 4, **losses):
+        super().__init__(**losses)
         self.mlp = _mlp(in_dim, hidden_dim, num_layers, 4)
 
     @classmethod
     def from_config(cls, cfg, in_dim: int, map_dim: int = 0):
         h = cfg.MODEL.PIXELLLM.LOCATION_HEAD
-        return dict(in_dim=in_dim, hidden_dim=h.HIDDEN_DIM, num_layers=h.NUM_LAYERS)
+        return dict(in_dim=in_dim, hidden_dim=h.HIDDEN_DIM, num_layers=h.NUM_LAYERS, **location_loss_config(cfg))
 
     def forward(
         self,
@@ -96,7 +211,7 @@ def _fourier(xy: torch.Tensor, num_freqs: int) -> torch.Tensor:
 
 
 @LOCATION_HEAD_REGISTRY.register()
-class MapAttentionLocationHead(nn.Module):
+class MapAttentionLocationHead(LocationHead):
     """Each decoder token attends over the cells of the fused image map (keys: the cell's features plus a fixed
     Fourier encoding of its position). The box centre is the attention-weighted mean of the cell centres plus an
     offset, and its width and height come from the token and the attended features:
@@ -113,6 +228,7 @@ class MapAttentionLocationHead(nn.Module):
         key_dim: width of the attention's queries and keys.
         num_freqs: frequencies of the cell position encoding.
         image_size: side of the padded square input, pixels (the map covers it).
+        losses: the loss settings of `LocationHead`.
     """
 
     @configurable
@@ -126,9 +242,9 @@ class MapAttentionLocationHead(nn.Module):
         key_dim: int = 64,
         num_freqs: int = 6,
         image_size: int = 384,
+        **losses,
     ):
-        super().__init__()
-        self.image_size = image_size
+        super().__init__(image_size=image_size, **losses)
         self.num_freqs = num_freqs
         self.query = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, key_dim))
         self.key = nn.Linear(map_dim, key_dim)
@@ -145,7 +261,7 @@ class MapAttentionLocationHead(nn.Module):
             hidden_dim=h.HIDDEN_DIM,
             num_layers=h.NUM_LAYERS,
             key_dim=h.KEY_DIM,
-            image_size=cfg.INPUT.IMAGE_SIZE,
+            **location_loss_config(cfg),
         )
 
     def forward(

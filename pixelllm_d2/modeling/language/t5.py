@@ -15,6 +15,7 @@ from torch import nn
 
 from ...config import configurable
 from ..build import LANGUAGE_MODEL_REGISTRY
+from ..losses import text_loss
 from ..weights import load_state_dict_file, load_t5_folder_state_dict
 
 __all__ = ["T5PrefixLM", "T5_PRESETS", "build_t5_config"]
@@ -78,6 +79,7 @@ class T5PrefixLM(nn.Module):
         freeze: freeze the base T5 parameters.
         lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA settings (rank 0 disables LoRA).
         adapter: a saved PEFT adapter folder `load_weights()` reads ("" = none).
+        text_weight, label_smoothing: the text loss (`losses`): weight and GRiT-style label smoothing.
     """
 
     @configurable
@@ -93,8 +95,14 @@ class T5PrefixLM(nn.Module):
         lora_dropout: float = 0.0,
         lora_target_modules: str = r".*(SelfAttention|EncDecAttention)\.(q|v)$",
         adapter: str = "",
+        text_weight: float = 1.0,
+        label_smoothing: float = 0.1,
     ):
         super().__init__()
+        if text_weight < 0 or not 0 <= label_smoothing < 1:
+            raise ValueError(f"text_weight must be >= 0 and label_smoothing in [0, 1), got {text_weight}, {label_smoothing}")
+        self.text_weight = text_weight
+        self.label_smoothing = label_smoothing
         from transformers import T5ForConditionalGeneration
 
         self.weights = weights
@@ -144,6 +152,8 @@ class T5PrefixLM(nn.Module):
             lora_dropout=lang.LORA.DROPOUT,
             lora_target_modules=lang.LORA.TARGET_MODULES,
             adapter=lang.LORA.ADAPTER,
+            text_weight=cfg.MODEL.PIXELLLM.LOSS.TEXT_WEIGHT,
+            label_smoothing=cfg.MODEL.PIXELLLM.LOSS.LABEL_SMOOTHING,
         )
 
     @property
@@ -230,6 +240,18 @@ class T5PrefixLM(nn.Module):
         if not self.lora_enabled:
             raise ValueError("LoRA is disabled: no adapter to save")
         self.t5.save_pretrained(folder)
+
+    def losses(self, logits: torch.Tensor, target_ids: torch.Tensor, rows: torch.Tensor, share: float, pad_id: int,
+               eos_id: int) -> Dict[str, torch.Tensor]:
+        """{"loss_text"}: the weighted, label-smoothed cross-entropy of the `rows` (Q,) bool that carry a text loss,
+        times `share` (the batch share of their tasks' images); {} when no row does.
+
+        Args:
+            logits: (Q, T, V) decoder logits; target_ids: (Q, T) int64 padded with `pad_id`.
+        """
+        if not rows.any():
+            return {}
+        return {"loss_text": self.text_weight * share * text_loss(logits, target_ids, rows, self.label_smoothing, pad_id, eos_id)}
 
     # ------------------------------------------------------------------------------------------------ forward
     def embed_context(self, context_ids: torch.Tensor) -> torch.Tensor:

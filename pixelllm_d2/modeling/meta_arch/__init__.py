@@ -1,4 +1,4 @@
+from .inputs import ImageFeatures, gather_queries
 from .pixelllm import PixelLLM
-from .queries import TASKS, Queries, gather_queries
 
-__all__ = ["PixelLLM", "Queries", "TASKS", "gather_queries"]
+__all__ = ["ImageFeatures", "PixelLLM", "gather_queries"]

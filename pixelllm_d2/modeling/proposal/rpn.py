@@ -26,7 +26,8 @@ class RPN(nn.Module):
         num_convs: conv layers of the RPN head. iou_thresholds: (negative below, positive at or above).
         batch_size_per_image, positive_fraction: anchor sampling for the loss.
         pre_nms_topk, post_nms_topk: {"training": int, "testing": int}. nms_thresh, score_thresh: proposal NMS and
-        objectness threshold. loss_weight, bbox_reg_loss_weight: loss multipliers.
+        objectness threshold. loss_weight (MODEL.RPN.LOSS_WEIGHT x LOSS.DET_WEIGHT), bbox_reg_loss_weight: loss
+        multipliers.
     """
 
     @configurable
@@ -96,7 +97,7 @@ class RPN(nn.Module):
             post_nms_topk=dict(training=r.POST_NMS_TOPK_TRAIN, testing=r.POST_NMS_TOPK_TEST),
             nms_thresh=r.NMS_THRESH,
             score_thresh=r.SCORE_THRESH,
-            loss_weight=r.LOSS_WEIGHT,
+            loss_weight=r.LOSS_WEIGHT * cfg.MODEL.PIXELLLM.LOSS.DET_WEIGHT,
             bbox_reg_loss_weight=r.BBOX_REG_LOSS_WEIGHT,
         )
 

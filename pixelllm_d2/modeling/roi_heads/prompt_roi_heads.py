@@ -1,7 +1,7 @@
 """The ROIAlign-free ROI head: every proposal is a box prompt for the prompt feature extractor; its visual tokens
 feed (a) a box-refinement + objectness head (here) and (b) the T5 captioner (the meta-architecture). No RoIAlign /
 RoIPool: region features come only from the prompt extractor, as the paper claims."""
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,6 @@ from ...config import configurable
 from ..build import ROI_HEADS_REGISTRY
 
 __all__ = ["PromptROIHeads"]
-
-# (image index (K,), boxes (K, 4) resized pixels) -> visual tokens (K, V, D)
-EncodeFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -32,6 +29,12 @@ class PromptROIHeads(nn.Module):
         box_tokens: the box head averages the first `box_tokens` visual tokens of a proposal (0: all of them), e.g.
             only the query tokens, not the projected map's dense tokens that follow them and are the same for every
             proposal of an image (`ROI_HEADS.BOX_HEAD_TOKENS query`).
+        loss_weight: multiplies both losses (LOSS.DET_WEIGHT).
+        score_mode: the final score of a captioned detection (`rescore`): "det" (official: the detection score) or
+            "det_x_caption" (sqrt(det * exp(mean caption log-prob)), detections re-ranked by it).
+
+    The head never calls back into the model: the caller encodes the boxes `sample` returns (or the proposals)
+    into visual tokens and passes them to `losses` / `detect`.
     """
 
     @configurable
@@ -50,8 +53,14 @@ class PromptROIHeads(nn.Module):
         detections_per_image: int = 100,
         bbox_reg_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         box_tokens: int = 0,
+        loss_weight: float = 1.0,
+        score_mode: str = "det",
     ):
         super().__init__()
+        if score_mode not in ("det", "det_x_caption"):
+            raise ValueError(f"dense-caption score mode must be 'det' or 'det_x_caption', got {score_mode!r}")
+        self.score_mode = score_mode
+        self.loss_weight = loss_weight
         self.box_head = nn.Sequential(
             nn.LayerNorm(token_dim), nn.Linear(token_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim), nn.ReLU()
         )
@@ -93,6 +102,8 @@ class PromptROIHeads(nn.Module):
             detections_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
             bbox_reg_weights=tuple(r.BBOX_REG_WEIGHTS),
             box_tokens=p.NUM_QUERIES if r.BOX_HEAD_TOKENS == "query" else 0,
+            loss_weight=cfg.MODEL.PIXELLLM.LOSS.DET_WEIGHT,
+            score_mode=r.SCORE_MODE,
         )
 
     def predict(self, visual: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -102,23 +113,18 @@ class PromptROIHeads(nn.Module):
         h = self.box_head(visual.mean(dim=1))
         return self.objectness(h)[:, 0], self.deltas(h)
 
-    def forward_train(
-        self,
-        proposals: List[torch.Tensor],
-        gt_boxes: List[torch.Tensor],
-        image_index: List[int],
-        encode: EncodeFn,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-        """
+    def sample(self, proposals: List[torch.Tensor], gt_boxes: List[torch.Tensor], image_index: List[int]) -> Dict[str, torch.Tensor]:
+        """Label and sample the proposals of each image to train on (GT boxes appended; foreground first).
+
         Args:
             proposals: per image (P_i, 4) proposals, resized pixels. gt_boxes: per image (N_i, 4).
-            image_index: the batch index of each image. encode: box prompts -> visual tokens.
+            image_index: the batch index of each image.
         Returns:
-            losses: {"loss_cls", "loss_box_reg"}.
-            captioned: the proposals to caption, foreground only: {"image_index" (K,), "boxes" (K, 4),
-                "gt_index" (K,) index into that image's GT, "visual" (K, V, D)}.
+            {"boxes" (K, 4), "labels" (K,) 1 foreground / 0 background, "matched" (K,) index of the matched GT in its
+            image (0 for background), "image_index" (K,), "caption" (K,) bool: the first `num_text_proposals` sampled
+            of each image that are foreground (unmatched proposals get no caption)}.
         """
-        sampled, labels, matched, img = [], [], [], []
+        sampled, labels, matched, img, caption = [], [], [], [], []
         for i, (props, gt) in enumerate(zip(proposals, gt_boxes)):
             if self.append_gt:
                 props = torch.cat([props, gt])
@@ -134,42 +140,38 @@ class PromptROIHeads(nn.Module):
             labels.append(lab[keep])
             matched.append(m[keep].clamp(min=0))
             img.append(torch.full((len(keep),), image_index[i], dtype=torch.long, device=props.device))
-        boxes = torch.cat(sampled)
-        labels_t = torch.cat(labels)
-        img_t = torch.cat(img)
-        visual = encode(img_t, boxes)
+            first = torch.arange(len(keep), device=props.device) < self.num_text_proposals
+            caption.append(first & (lab[keep] > 0))
+        return dict(boxes=torch.cat(sampled), labels=torch.cat(labels), matched=torch.cat(matched),
+                    image_index=torch.cat(img), caption=torch.cat(caption), counts=[len(x) for x in labels])
+
+    def losses(self, visual: torch.Tensor, sampled: Dict[str, torch.Tensor], gt_boxes: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """{"loss_cls", "loss_box_reg"} of the sampled proposals (`sample`) from their (K, V, D) visual tokens."""
         logits, deltas = self.predict(visual)
-        loss_cls = F.binary_cross_entropy_with_logits(logits, labels_t.float())
-        fg = labels_t > 0
-        targets = self.box_coder.encode_single(torch.cat([g[m] for g, m in zip(gt_boxes, matched)])[fg], boxes[fg]) if fg.any() else None
-        loss_box = F.smooth_l1_loss(deltas[fg], targets, beta=0.0, reduction="sum") / max(len(labels_t), 1) if fg.any() else deltas.sum() * 0.0
-        # Captioning: the first num_text_proposals sampled per image, foreground only (unmatched get no text loss).
-        cap_rows, offset = [], 0
-        for lab in labels:
-            first = torch.arange(offset, offset + min(len(lab), self.num_text_proposals), device=lab.device)
-            cap_rows.append(first[lab[: len(first)] > 0])
-            offset += len(lab)
-        rows = torch.cat(cap_rows)
-        gt_index = torch.cat(matched)[rows]
-        captioned = dict(image_index=img_t[rows], boxes=boxes[rows], gt_index=gt_index, visual=visual[rows])
-        return {"loss_cls": loss_cls, "loss_box_reg": loss_box}, captioned
+        labels, boxes = sampled["labels"], sampled["boxes"]
+        loss_cls = F.binary_cross_entropy_with_logits(logits, labels.float())
+        fg = labels > 0
+        if fg.any():
+            per_image = zip(gt_boxes, sampled["matched"].split(sampled["counts"]))
+            targets = self.box_coder.encode_single(torch.cat([g[m] for g, m in per_image])[fg], boxes[fg])
+            loss_box = F.smooth_l1_loss(deltas[fg], targets, beta=0.0, reduction="sum") / max(len(labels), 1)
+        else:
+            loss_box = deltas.sum() * 0.0
+        return {"loss_cls": loss_cls * self.loss_weight, "loss_box_reg": loss_box * self.loss_weight}
 
     @torch.no_grad()
-    def detect(
-        self, proposals: List[torch.Tensor], image_sizes: List[Tuple[int, int]], image_index: List[int], encode: EncodeFn
-    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def detect(self, visual: torch.Tensor, proposals: List[torch.Tensor], image_sizes: List[Tuple[int, int]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Refine, score, threshold and NMS the proposals of each image.
 
-        Returns per image (boxes (D_i, 4) resized pixels, scores (D_i,)), at most detections_per_image, best first.
+        Args:
+            visual: (sum P_i, V, D) visual tokens of all proposals, image by image.
+            proposals: per image (P_i, 4) resized pixels. image_sizes: per image (h, w).
+        Returns:
+            per image (boxes (D_i, 4) resized pixels, scores (D_i,)), at most detections_per_image, best first.
         """
         counts = [len(p) for p in proposals]
-        device = proposals[0].device if proposals else torch.device("cpu")
-        if sum(counts) == 0:
-            return [(torch.zeros(0, 4, device=device), torch.zeros(0, device=device)) for _ in proposals]
-        boxes = torch.cat(proposals)
-        img_t = torch.cat([torch.full((n,), image_index[i], dtype=torch.long, device=device) for i, n in enumerate(counts)])
-        logits, deltas = self.predict(encode(img_t, boxes))
-        refined = self.box_coder.decode_single(deltas, boxes)
+        logits, deltas = self.predict(visual)
+        refined = self.box_coder.decode_single(deltas, torch.cat(proposals))
         scores = logits.sigmoid()
         out = []
         for b, s, size in zip(refined.split(counts), scores.split(counts), image_sizes):
@@ -181,3 +183,12 @@ class PromptROIHeads(nn.Module):
             keep = batched_nms(b, s, torch.zeros_like(s, dtype=torch.long), self.nms_thresh)[: self.detections_per_image]
             out.append((b[keep], s[keep]))
         return out
+
+    def rescore(self, scores: torch.Tensor, caption_log_prob: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The final scores of one image's (D,) captioned detections from their (D,) mean caption log-probs
+        (`score_mode`). Returns (order (D,): the detections best first, scores in that order)."""
+        if self.score_mode == "det":
+            return torch.arange(len(scores), device=scores.device), scores
+        combined = (scores * caption_log_prob.exp()).sqrt()
+        order = combined.argsort(descending=True)
+        return order, combined[order]

@@ -155,18 +155,18 @@ def _cache_root() -> str:
 
 
 def _shapes_tokenizer_dir() -> str:
-    from .data.datasets.shapes_text import vocabulary
+    from .shapes_vocabulary import vocabulary
 
     words = vocabulary()
     digest = hashlib.sha1("\n".join(sorted(set(words))).encode()).hexdigest()[:12]
     folder = os.path.join(_cache_root(), "tokenizers", f"shapes-{digest}")
     model_file = os.path.join(folder, "spiece.model")
     if not os.path.isfile(model_file):
+        from ..utils.file_io import atomic_write
+
         os.makedirs(folder, exist_ok=True)
-        tmp = f"{model_file}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with atomic_write(model_file) as f:  # concurrent processes never read a torn file
             f.write(train_word_sentencepiece(words))
-        os.replace(tmp, model_file)  # atomic: concurrent processes never read a torn file
     return folder
 
 
