@@ -258,3 +258,34 @@ def test_trained_model_refers_to_the_right_shape(capsys, tmp_path, target):
     box = _read(tmp_path, "scene")["results"][0]["box"]
     iou = float(box_iou(torch.tensor([box]), torch.tensor([objects[target]["box"]]))[0, 0])
     assert iou > 0.5, f"'the {target}': predicted {box}, drawn {objects[target]['box']}, IoU {iou:.2f}"
+
+
+def test_trained_predictor_gives_the_boxes_of_the_evaluation():
+    """PixelLLMPredictor on a dataset image gives the box evaluation wrote to predictions.json for the same
+    sent_id: both build their inputs on one path (data/inputs.py)."""
+    _trained_checkpoint()
+    pred_file = os.path.join(SHAPES_OUT, "inference", "shapes_refcoco_val", "predictions.json")
+    if not os.path.isfile(pred_file):
+        pytest.skip(f"{pred_file} not present (written by the README's training command)")
+    from pixelllm_d2.config import get_cfg
+    from pixelllm_d2.data import DatasetCatalog
+    from pixelllm_d2.predictor import PixelLLMPredictor
+
+    with open(pred_file) as f:
+        evaluated = {r["sent_id"]: r["bbox"] for r in json.load(f)}
+    cfg = get_cfg()
+    cfg.merge_from_file(SHAPES_CFG)
+    cfg.MODEL.WEIGHTS = demo.default_weights(cfg)
+    cfg.OUTPUT_DIR = SHAPES_OUT
+    predictor = PixelLLMPredictor(cfg)
+    worst, n = 0.0, 0
+    for d in DatasetCatalog.get("shapes_refcoco_val"):
+        texts = [s for a in d["annotations"] for s in a["sentences"]]
+        sent_ids = [i for a in d["annotations"] for i in a["sent_ids"]]
+        out = predictor(d["file_name"], task="refer", text=texts)
+        for sid, box in zip(sent_ids, out["pred_boxes"].tolist()):
+            x, y, w, h = evaluated[sid]
+            worst = max(worst, max(abs(a - b) for a, b in zip(box, [x, y, x + w, y + h])))
+            n += 1
+    print(f"largest difference {worst:.4f} px over {n} expressions")
+    assert n == len(evaluated) and worst <= 1.0, f"largest difference {worst:.3f} px over {n} expressions"
