@@ -20,7 +20,9 @@ class CfgNode(_FvCfgNode):
 
 
 _C = CfgNode()
-_C.VERSION = 1
+# Config format version: 2, as detectron2's, so detectron2 merges these YAMLs unchanged (it "upgrades" a version-1
+# file by renaming keys). Nothing reads it otherwise.
+_C.VERSION = 2
 
 # ---------------------------------------------------------------------------------------------------------------
 # MODEL
