@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from pixelllm_d2.config import CfgNode, configurable, get_cfg
+from pixelllm_d2.config import CfgNode, ConfigError, configurable, get_cfg
 
 from .conftest import REPO_ROOT
 
@@ -25,8 +25,10 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.INPUT.IMAGE_SIZE == 224 and cfg.MODEL.PIXELLLM.SAM.SIZE == "vit_h"
     cfg.merge_from_list(["SOLVER.BASE_LR", "0.5", "MODEL.PIXELLLM.LANGUAGE.LORA.RANK", "8"])
     assert cfg.SOLVER.BASE_LR == 0.5 and cfg.MODEL.PIXELLLM.LANGUAGE.LORA.RANK == 8
-    with pytest.raises(AssertionError, match="Non-existent key: MODEL.NO_SUCH_KEY"):
+    with pytest.raises(ConfigError, match=r"unknown config key MODEL.NO_SUCH_KEY \(in the command-line overrides\)"):
         cfg.merge_from_list(["MODEL.NO_SUCH_KEY", "1"])
+    with pytest.raises(ConfigError, match=r"unknown config key SOLVER.MAXITER .*; did you mean SOLVER.MAX_ITER\?"):
+        cfg.merge_from_list(["SOLVER.MAXITER", "1"])
 
 
 def test_unsafe_yaml_is_refused(tmp_path):

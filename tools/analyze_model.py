@@ -7,13 +7,12 @@ paper-scale model (SAM ViT-H + EVA02-L + Flan-T5-XL) is counted in seconds witho
 import argparse
 import json
 
-from pixelllm_d2.config import get_cfg
-from pixelllm_d2.modeling import build_model
+from pixelllm_d2.utils.cli import add_debug_flag, quiet_dependency_warnings, run_tool
 
 
 def component_counts(model):
-    """{component name: {"total", "trainable"}} over the model's direct children (the language model split into
-    its T5 and visual projection), plus overall totals and the LoRA trainable count."""
+    """{component name: {"total", "trainable"}} over the model's direct children (the backbone and the language
+    model split into their children: T5 and visual projection, or the GIT decoder's parts), plus overall totals and the LoRA trainable count."""
     groups = {}
     for name, module in model.named_children():
         if name == "backbone":
@@ -59,8 +58,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
+    quiet_dependency_warnings()
+    run_tool(_analyze, args, "analyze_model.py")
+
+
+def _analyze(args):
+    from pixelllm_d2.config import get_cfg
+    from pixelllm_d2.modeling import build_model
+
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)

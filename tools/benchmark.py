@@ -157,28 +157,21 @@ def _median_time(fn, device, warmup: int, iters: int):
     return sorted(times)[len(times) // 2], out
 
 
-@register_task("densecap")
-def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
-    """Captioning `args.regions` regions of one image: KV-cached batched decoding vs the official scheme.
+def compare_densecap_decode(model, x: Dict, boxes: torch.Tensor, dec: Dict, warmup: int, iters: int) -> Dict:
+    """Caption `boxes` (K, 4) of the prepared input `x` both ways with `model`'s weights: ours (one batched greedy
+    decode with the KV cache, per-word locations read while decoding) and the official scheme (the prefix
+    recomputed at every step, then the language model re-run teacher-forced for the locations). The visual tokens
+    of the regions are computed once and shared.
 
     Returns:
-        dict with regions, ours_s, official_s, official_decode_s (the recomputing decode without the teacher-forced
-        re-run), speedup (official_s / ours_s), mean_tokens (per region), identical, device, image_size.
+        dict with regions, ours_s, official_s, official_decode_s, speedup, mean_tokens, identical.
     """
     import torch.nn.functional as F
     from torch.nn.utils.rnn import pad_sequence
 
-    from pixelllm_d2.predictor import PixelLLMPredictor
-
-    seed = cfg.SEED if cfg.SEED >= 0 else 0
-    seed_all_rng(seed)
-    predictor = PixelLLMPredictor(cfg)
-    model, device = predictor.model, predictor.model.device
-    x = predictor.prepare(args.input or _shapes_scene(), task="densecap")  # the image alone, resized
+    device = model.device
     h, w = x["image"].shape[-2:]
-    boxes = _region_boxes(args.regions, h, w, seed).to(device)
-    dec = dict(model.decode_cfg, method="greedy")
-    with torch.no_grad():
+    with torch.no_grad(), _eval_autocast(model):
         features = model.encode_images([x])
         index = torch.zeros(len(boxes), dtype=torch.long, device=device)
         visual = model.encode_boxes(features, index, boxes)
@@ -195,30 +188,263 @@ def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
             outs = official_decode()
             # predict_points: the language model re-run teacher-forced on the decoded tokens, the head on every state
             target = pad_sequence([o["token_ids"] for o in outs], batch_first=True, padding_value=model.tokenizer.pad_id)
-            hidden, _, _ = model.language.decode(enc_h, enc_m, F.pad(target, (1, 0), value=model.tokenizer.pad_id))
+            hidden, _, _ = model.language.decode(enc_h, enc_m, model.decoder_inputs(F.pad(target, (0, 1), value=model.tokenizer.pad_id)))
             model.location_head.locate(hidden, wh, features.fused, index)
             return outs
 
-        ours_s, a = _median_time(ours, device, args.warmup, args.iters)
-        official_decode_s, _ = _median_time(official_decode, device, args.warmup, args.iters)
-        official_s, b = _median_time(official, device, args.warmup, args.iters)
+        ours_s, a = _median_time(ours, device, warmup, iters)
+        official_decode_s, _ = _median_time(official_decode, device, warmup, iters)
+        official_s, b = _median_time(official, device, warmup, iters)
     identical = all(torch.equal(p["token_ids"], q["token_ids"]) for p, q in zip(a, b))
     return {
         "regions": int(len(boxes)),
+        "mean_tokens": float(sum(len(o["token_ids"]) for o in a) / max(len(a), 1)),
         "ours_s": ours_s,
         "official_s": official_s,
         "official_decode_s": official_decode_s,
         "speedup": official_s / ours_s,
-        "mean_tokens": float(sum(len(o["token_ids"]) for o in a) / max(len(a), 1)),
         "identical": bool(identical),
-        "device": str(device),
-        "image_size": [int(h), int(w)],
     }
+
+
+def _eval_autocast(model):
+    """The autocast the model's inference runs under (TEST.AMP), for benchmark code that calls its parts."""
+    import contextlib
+
+    if model.test_amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(model.device.type, dtype=model.test_amp_dtype)
+
+
+@register_task("densecap")
+def benchmark_densecap(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
+    """Captioning `args.regions` regions of one image: KV-cached batched decoding vs the official scheme
+    (`compare_densecap_decode`), `args.iters` times each after `args.warmup` untimed runs, median wall times.
+
+    Returns:
+        dict with regions, ours_s, official_s, official_decode_s (the recomputing decode without the teacher-forced
+        re-run), speedup (official_s / ours_s), mean_tokens (per region), identical, device, image_size.
+    """
+    from pixelllm_d2.predictor import PixelLLMPredictor
+
+    seed = cfg.SEED if cfg.SEED >= 0 else 0
+    seed_all_rng(seed)
+    predictor = PixelLLMPredictor(cfg)
+    model = predictor.model
+    x = predictor.prepare(args.input or _shapes_scene(), task="densecap")  # the image alone, resized
+    h, w = x["image"].shape[-2:]
+    boxes = _region_boxes(args.regions or 100, h, w, seed).to(model.device)
+    result = compare_densecap_decode(model, x, boxes, dict(model.decode_cfg, method="greedy"), args.warmup, args.iters)
+    return {**result, "device": str(model.device), "image_size": [int(h), int(w)]}
+
+
+# --task paper: what the benchmark adds to the config (overrides on the command line win). MASK_ON and DENSECAP_ON
+# give one model every task. Frozen weights are held in bf16 (MODEL.PIXELLLM.FROZEN_DTYPE). The compute follows the
+# machine: where bf16 matmuls are faster than fp32 (GPUs, CPUs with AMX / AVX512-BF16), bf16 autocast; elsewhere
+# (e.g. AVX2-only CPUs, whose bf16 matmul has no hardware path) float32, with activation checkpointing of the EVA02,
+# prompt-extractor and T5 blocks to fit 24 GiB.
+PAPER_OPTS = ["MODEL.MASK_ON", True, "MODEL.DENSECAP_ON", True]
+PAPER_PRECISION = {
+    "bfloat16": ["MODEL.PIXELLLM.FROZEN_DTYPE", "bfloat16", "SOLVER.AMP.ENABLED", True, "SOLVER.AMP.DTYPE", "bfloat16",
+                 "TEST.AMP.ENABLED", True, "TEST.AMP.DTYPE", "bfloat16"],
+    "float32": ["MODEL.PIXELLLM.FROZEN_DTYPE", "bfloat16", "SOLVER.AMP.ENABLED", False, "TEST.AMP.ENABLED", False,
+                "MODEL.PIXELLLM.EVA02.GRAD_CHECKPOINTING", True, "MODEL.PIXELLLM.LANGUAGE.GRAD_CHECKPOINTING", True,
+                "MODEL.PIXELLLM.PROMPT_EXTRACTOR.GRAD_CHECKPOINTING", True],
+}
+# Text lengths of the synthetic batches (tokens, EOS included): a Localized Narrative (~40 words), a referring
+# expression, a Visual Genome region caption (~5 words); the refer context is the prompt + the expression.
+PAPER_LENGTHS = dict(trace=64, trace_context=8, refer=12, refer_context=20, refer_expressions=4, densecap=8,
+                     densecap_regions=32, caption_decode=64, region_decode=8, densecap_decode=8)
+
+
+def _paper_image(size: int) -> torch.Tensor:
+    """(3, size, size) uint8: scikit-image's astronaut photograph (public domain) resized, or a shapes scene."""
+    import numpy as np
+
+    try:
+        from skimage import data
+
+        img = data.astronaut()
+    except ImportError:
+        img = _shapes_scene()
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def paper_batches(image: torch.Tensor, model, seed: int = 0) -> Dict[str, Dict]:
+    """One input per benchmark row, in the model-input format (docs/DESIGN.md §2), on `image` (3, S, S): random
+    token ids of `PAPER_LENGTHS` from `model`'s vocabulary, EOS-terminated, random boxes and masks, fixed by `seed`;
+    the inference inputs carry `model`'s context prompts."""
+    tok, vocab = model.tokenizer, model.language.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    s = image.shape[-1]
+    top = min(vocab, len(tok))
+
+    def ids(n, length):
+        t = torch.randint(3, top, (n, length), generator=g)
+        t[:, -1] = tok.eos_id
+        return t
+
+    def boxes(n):
+        return _region_boxes(n, s, s, int(torch.randint(0, 2**31, (1,), generator=g)))
+
+    whole = torch.tensor([[0.0, 0.0, s, s]])
+    L = PAPER_LENGTHS
+    base = dict(image=image, height=s, width=s)
+    n_ref = L["refer_expressions"]
+    ref_boxes = boxes(n_ref)
+    masks = torch.zeros(n_ref, s, s, dtype=torch.bool)
+    for k, (x0, y0, x1, y1) in enumerate(ref_boxes.round().long().tolist()):
+        masks[k, y0:y1, x0:x1] = True
+    refer = dict(base, task="refer", prompt_boxes=whole.repeat(n_ref, 1), context_ids=ids(n_ref, L["refer_context"]),
+                 target_ids=ids(n_ref, L["refer"]), ref_boxes=ref_boxes, gt_masks=masks)
+    return {
+        "trace": dict(base, task="trace", prompt_boxes=whole, context_ids=ids(1, L["trace_context"]),
+                      target_ids=ids(1, L["trace"]), token_boxes=boxes(L["trace"])[None]),
+        "refer+mask": refer,
+        "densecap": dict(base, task="densecap", gt_boxes=boxes(L["densecap_regions"]),
+                         gt_target_ids=ids(L["densecap_regions"], L["densecap"])),
+        "infer/caption+trace": dict(base, task="caption", prompt_boxes=whole, context_ids=model.context_ids("caption", 1).cpu()),
+        "infer/region": dict(base, task="region", prompt_boxes=boxes(1), context_ids=model.context_ids("region", 1).cpu()),
+        "infer/refer+mask": {k: (v[:1] if k in ("prompt_boxes", "context_ids", "target_ids", "ref_boxes", "gt_masks") else v)
+                             for k, v in refer.items()},
+        "infer/densecap": dict(base, task="densecap"),
+    }
+
+
+def _gib(device) -> float:
+    return peak_memory_mib(device)[1] / 1024
+
+
+@register_task("paper")
+def benchmark_paper(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
+    """The paper-scale model with random weights (nothing is downloaded), batch 1 at INPUT.IMAGE_SIZE: one optimizer
+    step each for a trace, a refer+mask and a dense-caption batch, one inference each for caption+trace, region,
+    refer+mask and densecap (each run once, timed while `FlopCounterMode` counts its FLOPs: at this scale one run is
+    minutes and the counter's per-operator cost is negligible), dense-caption decoding of `--regions` proposals both
+    ways, and the attention kernels' effect on the refer+mask inference.
+
+    Returns:
+        dict with machine_peak_flops {float32, bfloat16}, model {...}, rows [{phase, task, wall_s, flops,
+        achieved_flops_per_s, mfu, peak_rss_gib, ...}], densecap_decode {...}, attention {...}.
+    """
+    from itertools import repeat
+
+    from pixelllm_d2.engine.train_loop import AMPTrainer, SimpleTrainer
+    from pixelllm_d2.modeling import build_model
+    from pixelllm_d2.modeling.attention import attention_paths, set_attention
+    from pixelllm_d2.utils.flops import count_flops, matmul_peak_flops
+
+    log = logging.getLogger("pixelllm_d2")
+    device = resolve_device(cfg.MODEL.DEVICE)
+    peaks = {name: matmul_peak_flops(dt, device) for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
+    log.info("matmul peak: fp32 %.1f GFLOP/s, bf16 %.1f GFLOP/s", peaks["float32"] / 1e9, peaks["bfloat16"] / 1e9)
+    precision = "bfloat16" if peaks["bfloat16"] > peaks["float32"] else "float32"
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.merge_from_list(PAPER_OPTS + PAPER_PRECISION[precision] + list(args.opts or []))
+    lang = cfg.MODEL.PIXELLLM.LANGUAGE
+    if not (lang.TOKENIZER or lang.WEIGHTS):
+        lang.TOKENIZER = "byt5"  # ids only: the batches hold random ids of the model's vocabulary
+    cfg.freeze()
+    compute = "bfloat16" if cfg.SOLVER.AMP.ENABLED and cfg.SOLVER.AMP.DTYPE == "bfloat16" else "float32"
+
+    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else 0)
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    model = build_model(cfg)
+    build_s = time.perf_counter() - start
+    params = list(model.parameters())
+    info = {
+        "parameters": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "frozen_dtype": cfg.MODEL.PIXELLLM.FROZEN_DTYPE,
+        "compute_dtype": compute,
+        "build_s": build_s,
+        "build_peak_rss_gib": _gib(device),
+        "attention": attention_paths(model),
+        "grad_checkpointing": {"eva02": cfg.MODEL.PIXELLLM.EVA02.GRAD_CHECKPOINTING,
+                               "prompt_extractor": cfg.MODEL.PIXELLLM.PROMPT_EXTRACTOR.GRAD_CHECKPOINTING,
+                               "language": cfg.MODEL.PIXELLLM.LANGUAGE.GRAD_CHECKPOINTING},
+    }
+    log.info("built in %.0f s: %s", build_s, info)
+    optimizer = trainer_cls.build_optimizer(cfg, model)
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    info["optimizer_frozen_params"] = sum(p.numel() for p in params if not p.requires_grad and id(p) in in_optimizer)
+    batches = paper_batches(_paper_image(cfg.INPUT.IMAGE_SIZE), model)
+    rows = []
+
+    def row(phase, task, fn, **extra):
+        reset_peak_memory(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        _, flops = count_flops(fn)
+        _sync(device)
+        wall = time.perf_counter() - t0
+        r = {"phase": phase, "task": task, "wall_s": wall, "flops": flops, "achieved_flops_per_s": flops / wall,
+             "mfu": flops / wall / peaks[compute], "mfu_of": compute, "peak_rss_gib": _gib(device), **extra}
+        log.info("%s %s: %.1f s, %.2f TFLOP, MFU %.3f, peak RSS %.1f GiB", phase, task, wall, flops / 1e12, r["mfu"], r["peak_rss_gib"])
+        rows.append(r)
+
+    amp = dict(precision=getattr(torch, cfg.SOLVER.AMP.DTYPE), device_type=device.type) if cfg.SOLVER.AMP.ENABLED else None
+    for task in ("trace", "refer+mask", "densecap"):
+        loader = repeat([batches[task]])
+        trainer = AMPTrainer(model, loader, optimizer, **amp) if amp else SimpleTrainer(model, loader, optimizer)
+        with EventStorage(0):
+            trainer.before_train()
+            row("train", task, trainer.run_step)
+    model.eval()
+    L = PAPER_LENGTHS
+    decode_len = {"caption+trace": L["caption_decode"], "region": L["region_decode"], "densecap": L["densecap_decode"]}
+    for task in ("caption+trace", "region", "refer+mask", "densecap"):
+        x = batches["infer/" + task]
+        opts = {"max_len": decode_len[task]} if task in decode_len else None
+        out = {}
+
+        def infer(x=x, opts=opts):
+            out["result"] = model.inference([x], decode=opts)
+
+        row("infer", task, infer)
+        rows[-1]["captions"] = len(out["result"][0].get("captions", []))
+    # dense-caption decoding of proposals: KV cache vs the official recompute scheme
+    s = cfg.INPUT.IMAGE_SIZE
+    boxes = _region_boxes(args.regions or 32, s, s, 0).to(device)
+    densecap = compare_densecap_decode(model, batches["infer/densecap"], boxes,
+                                       dict(model.decode_cfg, method="greedy", max_len=L["densecap_decode"]), 0, 1)
+    # attention kernels: the refer+mask inference with every part eager, then SDPA again
+    attention = {"paths": attention_paths(model)}
+    for impl in ("eager", cfg.MODEL.PIXELLLM.ATTENTION):
+        set_attention(model, impl)
+        attention[f"{impl}_s"], _ = _median_time(lambda: model.inference([batches["infer/refer+mask"]]), device, 1, 1)
+    return {"machine_peak_flops": peaks, "model": info, "rows": rows, "densecap_decode": densecap,
+            "attention": attention, "device": str(device), "image_size": s}
+
+
+def _paper_table(r: Dict) -> str:
+    from tabulate import tabulate
+
+    peaks, m, d, a = r["machine_peak_flops"], r["model"], r["densecap_decode"], r["attention"]
+    head = (f"{r['config']} on {r['device']} at {r['image_size']} px: {m['parameters'] / 1e9:.2f}B parameters "
+            f"({m['trainable'] / 1e6:.0f}M trainable), frozen weights {m['frozen_dtype']}, compute {m['compute_dtype']}; "
+            f"built in {m['build_s']:.0f} s (peak RSS {m['build_peak_rss_gib']:.1f} GiB). Matmul peak: "
+            f"fp32 {peaks['float32'] / 1e9:.0f}, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s.")
+    table = tabulate(
+        [(x["phase"], x["task"], f"{x['wall_s']:.2f}", f"{x['flops'] / 1e12:.3f}", f"{x['achieved_flops_per_s'] / 1e9:.1f}",
+          f"{x['mfu']:.3f}", f"{x['peak_rss_gib']:.1f}") for x in r["rows"]],
+        headers=["phase", "task", "wall s", "TFLOP", "GFLOP/s", "MFU", "peak RSS GiB"], tablefmt="pipe",
+    )
+    tail = (f"Dense-caption decoding, {d['regions']} regions x {d['mean_tokens']:.1f} tokens: ours {d['ours_s']:.2f} s, "
+            f"official scheme {d['official_s']:.2f} s ({d['speedup']:.1f}x), same tokens: {d['identical']}.\n"
+            f"Attention {a['paths']}: refer+mask inference " +
+            ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in a.items() if k.endswith("_s")))
+    return "\n\n".join([head, table, tail])
 
 
 def format_table(rows: List[Dict]) -> str:
     from tabulate import tabulate
 
+    if rows and rows[0]["task"] == "paper":
+        return "\n\n".join(_paper_table(r) for r in rows)
     if rows and rows[0]["task"] == "densecap":
         return tabulate(
             [
@@ -282,7 +508,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before timing")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
-    parser.add_argument("--regions", type=int, default=100, help="densecap: regions captioned in one batch")
+    parser.add_argument("--regions", type=int, default=0,
+                        help="densecap / paper: regions captioned in one batch (default 100 / 32)")
     parser.add_argument("--input", default="", help="densecap: the image (default: a generated shapes scene)")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes (one per GPU; CPU processes without CUDA)")
     parser.add_argument("--num-machines", type=int, default=1)
@@ -293,5 +520,8 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
+    from pixelllm_d2.utils.cli import quiet_dependency_warnings, run_tool
+
     args = argument_parser().parse_args()
-    launch_with_args(run, args)
+    quiet_dependency_warnings()
+    run_tool(lambda a: launch_with_args(run, a), args, "benchmark.py")

@@ -21,13 +21,9 @@ import os
 import sys
 import time
 
-import torch
-
-from pixelllm_d2.config import get_cfg
-from pixelllm_d2.predictor import PREDICTOR_TASKS, PixelLLMPredictor, read_image
-from pixelllm_d2.tasks import get_task, task_names
-from pixelllm_d2.utils.serialization import output_to_json, write_json
-from pixelllm_d2.utils.visualizer import Visualizer, save_image
+# Light imports only: --help and command-line errors answer before torch and the model load.
+from pixelllm_d2.tasks import PREDICTOR_TASKS, get_task, task_names
+from pixelllm_d2.utils.cli import add_debug_flag, debug_requested, quiet_dependency_warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "pixelllm_tiny_shapes.yaml")
@@ -46,6 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", nargs="+", action="append", metavar="X", help="region: X Y in original pixels (repeatable: all points form one prompt)")
     p.add_argument("--text", action="append", help="refer: the referring expression (repeatable: one result per expression)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU (MODEL.DEVICE cpu)")
+    add_debug_flag(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE", help="config overrides; must come last")
     return p
 
@@ -136,6 +133,8 @@ def default_weights(cfg) -> str:
 
 
 def setup_cfg(args):
+    from pixelllm_d2.config import get_cfg
+
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(
             f"config file not found: {args.config_file}"
@@ -164,21 +163,33 @@ def main(argv=None) -> int:
     """Run the demo; returns the exit status (0: all inputs processed, 1: some failed)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = setup_cfg(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"config: {args.config_file}\nweights: {cfg.MODEL.WEIGHTS or 'none (random initialisation)'}")
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("no weights: MODEL.WEIGHTS is empty and %s has no model_final.pth / .safetensors", cfg.OUTPUT_DIR)
-    if cfg.SEED >= 0:  # reproducible pictures from configs without trained weights
-        torch.manual_seed(cfg.SEED)
-    predictor = PixelLLMPredictor(cfg)
-
+    quiet_dependency_warnings()
     paths, failures = expand_inputs(args.input)
     total = len(paths) + len(failures)  # a folder without images or an empty glob counts as one failed input
+    failures += [(p, f"{p}: cannot read image: file does not exist") for p in paths if not os.path.isfile(p)]
+    paths = [p for p in paths if os.path.isfile(p)]  # checked before the model is built
     stems = output_stems(paths)
+    if not paths:  # nothing to run: the model is not built
+        return _report(failures, total)
+    try:
+        cfg = setup_cfg(args)
+        print(f"config: {args.config_file}\nweights: {cfg.MODEL.WEIGHTS or 'none (random initialisation)'}")
+        if not cfg.MODEL.WEIGHTS:
+            logger.warning("no weights: MODEL.WEIGHTS is empty and %s has no model_final.pth / .safetensors", cfg.OUTPUT_DIR)
+        import torch
+
+        from pixelllm_d2.predictor import PixelLLMPredictor, read_image
+        from pixelllm_d2.utils.serialization import output_to_json, write_json
+        from pixelllm_d2.utils.visualizer import Visualizer, save_image
+
+        if cfg.SEED >= 0:  # reproducible pictures from configs without trained weights
+            torch.manual_seed(cfg.SEED)
+        predictor = PixelLLMPredictor(cfg)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        if debug_requested(args):
+            raise
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}  [--debug shows the traceback]", file=sys.stderr)
+        return 2
     # Read and validate every input first, so a bad one is reported and the good ones still go through in batches.
     ready = []
     for path, stem in zip(paths, stems):
@@ -205,6 +216,10 @@ def main(argv=None) -> int:
             picture = Visualizer(image).draw_outputs(out, texts=args.text, points=args.point)
             save_image(os.path.join(args.output, f"{stem}.png"), picture)
             print(summarize(stem, record) + f"\n  -> {os.path.join(args.output, stem)}.png / .json ({seconds:.2f} s)")
+    return _report(failures, total)
+
+
+def _report(failures, total: int) -> int:
     for spec, message in failures:
         print(f"error: {spec}: {message}" if not message.startswith(spec) else f"error: {message}", file=sys.stderr)
     print(f"done: {total - len(failures)} of {total} input(s) processed, {len(failures)} failed")

@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"evaluate.py: error: {e}")
+    from pixelllm_d2.utils.cli import run_tool
+
+    # RuntimeError: Java missing for METEOR / the PTB tokenizer
+    run_tool(lambda argv: main(argv), sys.argv[1:], "evaluate.py", errors=(RuntimeError,))

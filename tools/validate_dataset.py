@@ -35,6 +35,8 @@ def _dataset_sources(name: str):
         return [("refcoco", meta.refs_file, kw)]
     if fmt == "mdetr_refcoco":
         return [("refcoco", meta.json_file, dict(image_root=root))]
+    if fmt == "coco_karpathy":
+        return [("coco_karpathy", meta.json_file, dict(image_root=root, split=s)) for s in meta.splits]
     return [(fmt, meta.json_file, dict(image_root=root))]
 
 
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=FORMATS, help="format of --file")
     parser.add_argument("--image-root", help="image folder of --file (default: the file's folder)")
     parser.add_argument("--instances", help="refcoco: instances.json (default: next to the refs file)")
-    parser.add_argument("--split", help="refcoco: check only this split")
+    parser.add_argument("--split", help="refcoco / coco_karpathy: check only this split")
     parser.add_argument("--image-file-format", help="ln: file name pattern, default '{image_id:012d}.jpg'")
     parser.add_argument("--image-info", help="ln: COCO-style json giving image sizes")
     parser.add_argument("--no-images", action="store_true", help="skip decoding the images")
@@ -75,4 +77,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pixelllm_d2.utils.cli import run_tool
+
+    sys.exit(run_tool(lambda argv: main(argv), sys.argv[1:], "validate_dataset.py"))

@@ -1,7 +1,7 @@
 from .configurable import configurable
-from .defaults import CfgNode, _C
+from .defaults import CfgNode, ConfigError, _C
 
-__all__ = ["CfgNode", "configurable", "get_cfg"]
+__all__ = ["CfgNode", "ConfigError", "configurable", "get_cfg"]
 
 
 def get_cfg() -> CfgNode:

@@ -8,15 +8,67 @@ describe the paper-scale architecture (SAM ViT-H + EVA02-L + Flan-T5-XL at 384 p
 Units: image coordinates are pixels unless a key says "normalised"; learning rates are per step; periods and
 iteration counts are optimizer steps.
 """
+import difflib
+import os
+import re
+
 from fvcore.common.config import CfgNode as _FvCfgNode
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be merged: an unknown key (with the closest valid ones), a value of
+    the wrong type, an odd-length override list."""
 
 
 class CfgNode(_FvCfgNode):
     """fvcore's CfgNode (YAML with `_BASE_` inheritance, `merge_from_list` for `KEY VALUE` overrides) whose
-    `merge_from_file` reads YAML with the safe loader only."""
+    `merge_from_file` reads YAML with the safe loader only, and whose merge errors are `ConfigError`s (or
+    `FileNotFoundError`) of one line naming the key or file."""
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
-        super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
+        if not os.path.isfile(cfg_filename):
+            raise FileNotFoundError(f"config file not found: {cfg_filename}")
+        with self._explained(f"in {cfg_filename}"):
+            super().merge_from_file(cfg_filename, allow_unsafe=allow_unsafe)
+
+    def merge_from_list(self, cfg_list: list) -> None:
+        if len(cfg_list) % 2:
+            raise ConfigError(f"config overrides come as KEY VALUE pairs; got an odd number of items: {list(cfg_list)}")
+        with self._explained("in the command-line overrides"):
+            super().merge_from_list(cfg_list)
+
+    def _explained(self, where: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def explain():
+            try:
+                yield
+            except KeyError as e:
+                raise ConfigError(self._unknown_key_message(str(e.args[0] if e.args else e), where)) from e
+            except (AssertionError, ValueError) as e:
+                if isinstance(e, ConfigError):
+                    raise
+                if "Non-existent" in str(e):  # yacs' merge_from_list reports unknown keys by assertion
+                    raise ConfigError(self._unknown_key_message(str(e), where)) from e
+                raise ConfigError(f"{' '.join(str(e).split())} ({where})") from e
+
+        return explain()
+
+    def _unknown_key_message(self, text: str, where: str) -> str:
+        found = re.search(r"Non-existent (?:config )?key:\s*([\w.]+)", text)
+        key = found.group(1) if found else text
+        close = difflib.get_close_matches(key, list(_full_keys(self)), n=3, cutoff=0.75)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        return f"unknown config key {key} ({where}){hint}"
+
+
+def _full_keys(node, prefix: str = ""):
+    for k, v in node.items():
+        if isinstance(v, _FvCfgNode):
+            yield from _full_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
 
 
 _C = CfgNode()
@@ -115,6 +167,14 @@ _C.MODEL.PIXELLLM = CfgNode()
 # If non-empty, only parameters whose names start with one of these prefixes train; all others are frozen on top
 # of the per-component FREEZE keys (official refseg stage: ["mask_head.adapter", "location_head"]).
 _C.MODEL.PIXELLLM.TRAINABLE_ONLY = []
+# Attention kernels of every part (SAM encoder, TwoWayTransformers, EVA02, T5): "sdpa"
+# (torch.nn.functional.scaled_dot_product_attention: fused kernels) or "eager" (each library's matmul + softmax).
+_C.MODEL.PIXELLLM.ATTENTION = "sdpa"
+# dtype the frozen Linear / Embedding weights are held in (requires_grad False: SAM, the base T5, ...): "float32"
+# or "bfloat16" (paper scale: 6.3 GiB instead of 12.5 GiB). Either way the model runs in float32 (each frozen layer
+# upcasts its weight for its matmul) or under autocast (SOLVER.AMP / TEST.AMP). The optimizer never holds frozen
+# parameters.
+_C.MODEL.PIXELLLM.FROZEN_DTYPE = "float32"
 
 # SAM image encoder (segment_anything's ImageEncoderViT), run at INPUT.IMAGE_SIZE.
 _C.MODEL.PIXELLLM.SAM = CfgNode()
@@ -135,12 +195,20 @@ _C.MODEL.PIXELLLM.SAM.OUT_CHANS = 256
 _C.MODEL.PIXELLLM.SAM.CHECKPOINT = ""
 # Freeze the SAM image encoder (all official configs do).
 _C.MODEL.PIXELLLM.SAM.FREEZE = True
+# Stochastic depth of the SAM encoder in training, rising linearly over the blocks to this rate (official: 0.5; the
+# frozen encoder still runs in training mode). Off in evaluation.
+_C.MODEL.PIXELLLM.SAM.DROP_PATH = 0.5
 
 # EVA02 image encoder from timm.
 _C.MODEL.PIXELLLM.EVA02 = CfgNode()
 _C.MODEL.PIXELLLM.EVA02.ENABLED = True
-# timm model name (architecture only; weights come from CHECKPOINT).
-_C.MODEL.PIXELLLM.EVA02.NAME = "eva02_large_patch14_448"
+# timm model name (architecture only; weights come from CHECKPOINT). The official weights are an EVA02-L/14 at
+# 224 px (the parameter shapes of the official code: a 16 x 16 position table; the exact checkpoint is not named by
+# the release), e.g. timm's eva02_large_patch14_224.mim_m38m; position tables are resized to INPUT.IMAGE_SIZE.
+_C.MODEL.PIXELLLM.EVA02.NAME = "eva02_large_patch14_224"
+# Rotary position grid: "official" (positions 0 .. n - 1 on the n x n patch grid, as the official code at 384 px) or
+# "timm" (timm's, scaled to the 16 x 16 pretraining grid).
+_C.MODEL.PIXELLLM.EVA02.ROPE = "official"
 # Architecture overrides passed to timm (0 keeps timm's value): width, depth, heads, patch size (pixels).
 _C.MODEL.PIXELLLM.EVA02.EMBED_DIM = 0
 _C.MODEL.PIXELLLM.EVA02.DEPTH = 0
@@ -151,11 +219,15 @@ _C.MODEL.PIXELLLM.EVA02.DROP_PATH = 0.1
 # Local timm weights (.safetensors / .pth / .bin state dict); position embeddings resized on load. Empty: random.
 _C.MODEL.PIXELLLM.EVA02.CHECKPOINT = ""
 _C.MODEL.PIXELLLM.EVA02.FREEZE = False
+# Recompute each EVA02 block's activations in the backward pass (timm set_grad_checkpointing): less memory, ~1/3
+# more compute.
+_C.MODEL.PIXELLLM.EVA02.GRAD_CHECKPOINTING = False
 # CLIP normalisation of EVA02's input, RGB, 0-255 pixel units.
 _C.MODEL.PIXELLLM.EVA02.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
 _C.MODEL.PIXELLLM.EVA02.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
 
-# Fusion of the two maps: both resized (bicubic) to the larger grid, then concatenated along channels.
+# Fusion of the two maps: both resized to the larger grid, then concatenated along channels. "bicubic" / "bilinear"
+# are antialiased, which in PyTorch is also the official jax.image.resize's cubic kernel (Keys, a = -0.5).
 _C.MODEL.PIXELLLM.FUSION = CfgNode()
 _C.MODEL.PIXELLLM.FUSION.INTERPOLATION = "bicubic"
 
@@ -180,6 +252,9 @@ _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.NUM_HEADS = 8
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.MLP_DIM = 2048
 # Downsampling of the inner width of the token<->image cross attention.
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.ATTN_DOWNSAMPLE = 2
+# Recompute each two-way block's activations in the backward pass (the extractor runs once per prompt over the whole
+# map: a dense-caption batch of 128 proposals keeps ~10 GB of them at paper scale).
+_C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.GRAD_CHECKPOINTING = False
 # Learnable query tokens = visual tokens handed to the language model per prompt.
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.NUM_QUERIES = 32
 # Width of each output visual token (official: 1024, one Linear per token).
@@ -195,19 +270,24 @@ _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_SOURCE = "transformer"
 # option). Fewer, coarser tokens are what a language model trained from scratch learns to point into (MODEL_ZOO.md).
 _C.MODEL.PIXELLLM.PROMPT_EXTRACTOR.DENSE_GRID = 0
 
-# Language model: HF T5 as a prefix LM (encoder = [visual tokens ; context], decoder = text) with LoRA.
+# Language model, name in LANGUAGE_MODEL_REGISTRY: "T5PrefixLM" (HF T5 as a prefix LM: encoder = [visual tokens ;
+# context], decoder = text; LoRA) or "GITDecoderLM" (the official BERT family: one post-LN BERT stack over
+# [visual tokens ; context ; text] with a prefix-LM mask, trained fully; configs/bert/).
 _C.MODEL.PIXELLLM.LANGUAGE = CfgNode()
-# Name in LANGUAGE_MODEL_REGISTRY.
 _C.MODEL.PIXELLLM.LANGUAGE.NAME = "T5PrefixLM"
-# Architecture preset when no WEIGHTS folder is given: "flan-t5-small|base|large|xl|xxl", or "custom" (keys below).
+# Architecture preset: T5PrefixLM "flan-t5-small|base|large|xl|xxl" (when no WEIGHTS folder is given),
+# GITDecoderLM "git-base" (768 wide, 6 layers, 12 heads, FFN 3072); or "custom" (keys below).
 _C.MODEL.PIXELLLM.LANGUAGE.ARCH = "flan-t5-xl"
-# Local HF folder (config.json + weights) of a T5 checkpoint, e.g. google/flan-t5-xl downloaded elsewhere.
-# When set, its config overrides ARCH. Nothing is fetched from a hub.
+# Local HF folder (config.json + weights): a T5 checkpoint (e.g. google/flan-t5-xl; its config overrides ARCH), or
+# for GITDecoderLM a BERT checkpoint whose embeddings and first layers initialise the decoder. Nothing is fetched
+# from a hub.
 _C.MODEL.PIXELLLM.LANGUAGE.WEIGHTS = ""
-# Tokenizer: a local folder (spiece.model / tokenizer.json), "byt5" (no files), or "shapes" (the embedded
-# benchmark's word-level SentencePiece model, built by code). Empty: the WEIGHTS folder.
+# Tokenizer: a local folder (spiece.model / tokenizer.json / BERT's vocab.txt), "byt5" (no files), "shapes" (the
+# embedded benchmark's word-level SentencePiece model, built by code) or "shapes-wordpiece" (the same words as a BERT
+# vocabulary). Empty: the WEIGHTS folder.
 _C.MODEL.PIXELLLM.LANGUAGE.TOKENIZER = ""
-# "custom" architecture: width, layers per stack, heads, head width, FFN width, vocabulary size.
+# "custom" architecture: width, layers per stack (GITDecoderLM: NUM_DECODER_LAYERS), heads, head width (T5), FFN
+# width, vocabulary size.
 _C.MODEL.PIXELLLM.LANGUAGE.D_MODEL = 512
 _C.MODEL.PIXELLLM.LANGUAGE.NUM_LAYERS = 8
 _C.MODEL.PIXELLLM.LANGUAGE.NUM_DECODER_LAYERS = 8
@@ -217,8 +297,11 @@ _C.MODEL.PIXELLLM.LANGUAGE.D_FF = 1024
 # 0: the tokenizer's size rounded up to a multiple of 128 (T5's 32128 for its SentencePiece model).
 _C.MODEL.PIXELLLM.LANGUAGE.VOCAB_SIZE = 0
 _C.MODEL.PIXELLLM.LANGUAGE.DROPOUT = 0.1
-# Freeze the base T5 weights (LoRA and the visual projection still train).
+# Freeze the base T5 weights (LoRA and the visual projection still train); GITDecoderLM: all but the visual
+# projection (official: False, the whole decoder trains).
 _C.MODEL.PIXELLLM.LANGUAGE.FREEZE = True
+# Recompute each T5 block's (GIT layer's) activations in the backward pass: less memory, more compute.
+_C.MODEL.PIXELLLM.LANGUAGE.GRAD_CHECKPOINTING = False
 # Maximum context (prompt) tokens and target text tokens (official: 8/40; 32/128 for narratives and joint).
 _C.MODEL.PIXELLLM.LANGUAGE.MAX_CONTEXT_LEN = 32
 _C.MODEL.PIXELLLM.LANGUAGE.MAX_TEXT_LEN = 40
@@ -271,14 +354,50 @@ _C.MODEL.PIXELLLM.PYRAMID.NAMES = ["p2", "p3", "p4", "p5", "p6"]
 # Channels of every level.
 _C.MODEL.PIXELLLM.PYRAMID.OUT_CHANNELS = 256
 
-# Context prompts handed to the T5 encoder per task (the official eval prompts).
+# Context prompts handed to the language model per task: the evaluation (and predictor) prompts, official values.
 _C.MODEL.PIXELLLM.PROMPTS = CfgNode()
 _C.MODEL.PIXELLLM.PROMPTS.TRACE = "A long image caption: "
-_C.MODEL.PIXELLLM.PROMPTS.CAPTION = "A short image caption: "
+_C.MODEL.PIXELLLM.PROMPTS.CAPTION = "A photo of "
 _C.MODEL.PIXELLLM.PROMPTS.REGION = "an object of "
 # Referring: the expression is appended to this prefix.
 _C.MODEL.PIXELLLM.PROMPTS.REFER = "where is "
 _C.MODEL.PIXELLLM.PROMPTS.DENSECAP = "an object of "
+# Training: each query's context prompt is drawn from this pool (per PROMPTS key; empty = the PROMPTS value). The
+# official pools: 11 Localized Narratives prompts (their typo included) and 13 COCO caption prompts.
+_C.MODEL.PIXELLLM.TRAIN_PROMPTS = CfgNode()
+_C.MODEL.PIXELLLM.TRAIN_PROMPTS.TRACE = [
+    'A long image caption: ',
+    'A long image description: ',
+    'Write a long description for the image. ',
+    'Write a long description for the photo. ',
+    'Provide a long description of what is presented in the photo. ',
+    'Describe the content of the image in detail. ',
+    'Can you in detail explain what you see in the image? ',
+    'Could you use a few sentences to describe what you perceive in the photo? ',
+    'Please provide a long depiction of the picture. ',
+    'Using language, provide a long account of the image. ',
+    'Use a few senetences to illustrate what is happening in the picture. ',
+]
+# The 13 COCO caption prompts.
+_C.MODEL.PIXELLLM.TRAIN_PROMPTS.CAPTION = [
+    'A short image caption: ',
+    'A short image description: ',
+    'A photo of ',
+    'An image that shows ',
+    'Write a short description for the image. ',
+    'Write a description for the photo. ',
+    'Provide a description of what is presented in the photo. ',
+    'Briefly describe the content of the image. ',
+    'Can you briefly explain what you see in the image? ',
+    'Could you use a few words to describe what you perceive in the photo? ',
+    'Please provide a short depiction of the picture. ',
+    'Using language, provide a short account of the image. ',
+    'Use a few words to illustrate what is happening in the picture. ',
+]
+# No pools in the official configs for the others.
+_C.MODEL.PIXELLLM.TRAIN_PROMPTS.REGION = []
+_C.MODEL.PIXELLLM.TRAIN_PROMPTS.REFER = []
+_C.MODEL.PIXELLLM.TRAIN_PROMPTS.DENSECAP = []
 
 # Losses (official weights).
 _C.MODEL.PIXELLLM.LOSS = CfgNode()
@@ -287,9 +406,10 @@ _C.MODEL.PIXELLLM.LOSS.TEXT_WEIGHT = 1.0
 _C.MODEL.PIXELLLM.LOSS.LABEL_SMOOTHING = 0.1
 # L1 on per-token corner points, in pixels of the resized image (official weight 0.1).
 _C.MODEL.PIXELLLM.LOSS.POINT_WEIGHT = 0.1
-# Region and dense captions: every token's location is trained towards the region's GT box (official
-# get_gt_points_from_boxes), with POINT_WEIGHT.
-_C.MODEL.PIXELLLM.LOSS.REGION_POINTS = True
+# Region and dense captions: train every token's location towards the region's (matched) GT box, with
+# POINT_WEIGHT. Official: no (the densecap configs have no location head; the joint recipe masks the point loss of
+# its detection / caption sources, and no official source trains region captions); the shapes config does.
+_C.MODEL.PIXELLLM.LOSS.REGION_POINTS = False
 # Referring box: corner L1 (pixels) at the last word, and optional GIoU.
 _C.MODEL.PIXELLLM.LOSS.REF_BOX_WEIGHT = 0.1
 _C.MODEL.PIXELLLM.LOSS.REF_GIOU_WEIGHT = 0.0
@@ -298,6 +418,9 @@ _C.MODEL.PIXELLLM.LOSS.REF_GIOU_WEIGHT = 0.0
 _C.MODEL.PIXELLLM.LOSS.CELL_WEIGHT = 0.0
 # Mask: sigmoid focal x20 + dice x1 + predicted-IoU MSE x1 (SAM's recipe, official weights).
 _C.MODEL.PIXELLLM.LOSS.MASK_FOCAL_WEIGHT = 20.0
+# Alpha of the mask focal loss (positives weighted alpha, negatives 1 - alpha). Official: 0.5 (scenic's
+# focal_sigmoid_cross_entropy default, which the official mask loss uses); SAM / torchvision: 0.25.
+_C.MODEL.PIXELLLM.LOSS.MASK_FOCAL_ALPHA = 0.5
 _C.MODEL.PIXELLLM.LOSS.MASK_DICE_WEIGHT = 1.0
 _C.MODEL.PIXELLLM.LOSS.MASK_IOU_WEIGHT = 1.0
 # Dense-captioning detector losses (RPN + ROI box head) are multiplied by this.
@@ -324,18 +447,25 @@ _C.INPUT.IMAGE_SIZE = 384
 # Channel order of numpy images given to the predictor ("RGB", or "BGR" as OpenCV decodes them). Files are decoded
 # to RGB whatever their format; the model always receives RGB.
 _C.INPUT.FORMAT = "RGB"
-# Train-time augmentation per task: scale jitter range (multiplier of IMAGE_SIZE, then a random IMAGE_SIZE crop)
-# and horizontal flip (applied only where the text cannot name left/right).
-_C.INPUT.CAPTION = CfgNode({"SCALE_RANGE": [0.75, 1.25], "HFLIP": False})
-_C.INPUT.TRACE = CfgNode({"SCALE_RANGE": [1.0, 1.0], "HFLIP": False})
-_C.INPUT.REGION = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True})
-_C.INPUT.REFER = CfgNode({"SCALE_RANGE": [0.75, 1.25], "HFLIP": False})
-_C.INPUT.DENSECAP = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True})
+# Per task: train-time scale jitter range (multiplier of IMAGE_SIZE, then a random IMAGE_SIZE crop), horizontal flip
+# (applied only where the text cannot name left/right), and the evaluation geometry: "longest" (the longest side to
+# IMAGE_SIZE, padded; official for every task but COCO captioning) or "shorter_crop" (the shorter side to IMAGE_SIZE,
+# then the central IMAGE_SIZE square: the official COCO caption evaluation; the predictor always shows the model
+# the whole image).
+_C.INPUT.CAPTION = CfgNode({"SCALE_RANGE": [0.75, 1.25], "HFLIP": False, "TEST_RESIZE": "shorter_crop"})
+_C.INPUT.TRACE = CfgNode({"SCALE_RANGE": [1.0, 1.0], "HFLIP": False, "TEST_RESIZE": "longest"})
+_C.INPUT.REGION = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True, "TEST_RESIZE": "longest"})
+_C.INPUT.REFER = CfgNode({"SCALE_RANGE": [0.75, 1.25], "HFLIP": False, "TEST_RESIZE": "longest"})
+_C.INPUT.DENSECAP = CfgNode({"SCALE_RANGE": [0.1, 2.0], "HFLIP": True, "TEST_RESIZE": "longest"})
 # At most this many queries (referring expressions / regions) per image in training (official: 16 expressions,
 # 100 VG regions).
 _C.INPUT.MAX_QUERIES_TRAIN = 16
-# Densecap: at most this many GT regions per training image (official: 100 for VG).
+# Densecap: at most this many GT regions per training image (official: 100 for VG; 16 in the joint recipe), which
+# are also the detector's only ground truth.
 _C.INPUT.MAX_GT_REGIONS_TRAIN = 100
+# Which regions when an image has more: "first" (in the annotation file's order, after the crop: official) or
+# "random" (a random subset per sample).
+_C.INPUT.GT_REGIONS_SELECTION = "first"
 # Localized Narratives trace alignment: "official" (order-proportional over the utterances, spec §2.2) or
 # "timestamp" (each word takes the utterance whose text holds it; see pixelllm_d2/data/trace_alignment.py).
 _C.INPUT.TRACE_ALIGNMENT = "official"
@@ -350,6 +480,11 @@ _C.DATASETS.TEST = ()
 # Sampling weight of each training dataset (same length as TRAIN; empty = equal weights). Each batch is drawn
 # from one dataset (official batch_before_merge) unless DATALOADER.MIX_TASKS_IN_BATCH.
 _C.DATASETS.TRAIN_RATIOS = ()
+# Held-out datasets whose images are never trained on: a training dataset of the same task as one of them loses
+# every image (by image id) that appears in it. The paper's referring configs list every RefCOCO / RefCOCO+ /
+# RefCOCOg val and test split, as the official "img_safe" data does (RefCOCO's val / test images are in RefCOCOg's
+# and RefCOCO+'s train splits and the reverse).
+_C.DATASETS.TRAIN_HOLDOUT = ()
 
 _C.DATALOADER = CfgNode()
 _C.DATALOADER.NUM_WORKERS = 4
@@ -404,7 +539,7 @@ _C.SOLVER.AMP.DTYPE = "bfloat16"
 _C.SOLVER.FSDP = False
 # With FSDP: submodules whose class name fully matches this regex are sharded as units (one all-gather each):
 # SAM / EVA02 / T5 blocks and the prompt extractor's attention blocks.
-_C.SOLVER.FSDP_SHARD_MODULES = r"Block|EvaBlock|T5Block|TwoWayAttentionBlock"
+_C.SOLVER.FSDP_SHARD_MODULES = r"Block|EvaBlock|T5Block|(Checkpointed)?TwoWayAttentionBlock"
 # DDP: allow parameters without a gradient in a step (heads of tasks absent from the batch). False is faster
 # when every parameter is used in every step.
 _C.SOLVER.DDP_FIND_UNUSED_PARAMETERS = True
@@ -421,6 +556,15 @@ _C.TEST.DETECTIONS_PER_IMAGE = 100
 _C.TEST.IMS_PER_BATCH = 8
 # Skip METEOR (needs Java) in evaluation; only when asked for.
 _C.TEST.SKIP_METEOR = False
+# Localized Narratives trace metric (point_l1): "official" (the official PointEvaluator: one narrative per image,
+# chosen by a draw seeded with the image id; the raw predicted corner points; an image without a located token
+# counts 0) or "all_narratives" (every narrative of an image; the predicted corners ordered and clipped to the
+# image, as drawn; images without a located token left out).
+_C.TEST.TRACE_PROTOCOL = "official"
+# Inference under torch.autocast (outputs returned in float32); needed with MODEL.PIXELLLM.FROZEN_DTYPE bfloat16.
+_C.TEST.AMP = CfgNode()
+_C.TEST.AMP.ENABLED = False
+_C.TEST.AMP.DTYPE = "bfloat16"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Misc

@@ -9,7 +9,8 @@ model input (it has "context_ids": PixelLLM's mappers in training and evaluation
 
 Outputs: per image {"instances": Instances(image_size=(height, width))} with "pred_boxes" (Boxes), "scores",
 "pred_classes" (zeros: one class-agnostic class), "pred_object_descriptions" (GRiT's field: the captions),
-"pred_words", "pred_word_points", "pred_word_boxes", "pred_token_boxes" (per instance, original pixels), and
+"pred_words", "pred_word_points", "pred_word_boxes", "pred_token_boxes", "pred_token_corners" (the raw predicted
+corners) (per instance, original pixels), and
 "pred_masks" (N, height, width) when the model predicts masks; plus "task". `pixelllm_output` turns it back into
 PixelLLM's output dict (docs/DESIGN.md §3).
 """
@@ -71,6 +72,7 @@ def to_instances(output: Dict, height: int, width: int) -> Instances:
     inst.pred_word_points = ObjDescription(output["word_points"])
     inst.pred_word_boxes = ObjDescription(output["word_boxes"])
     inst.pred_token_boxes = ObjDescription(output["token_boxes"])
+    inst.pred_token_corners = ObjDescription(output["token_corners"])
     inst.pred_token_ids = ObjDescription(output["token_ids"])
     if "pred_masks" in output:
         inst.pred_masks = output["pred_masks"]
@@ -86,7 +88,8 @@ def pixelllm_output(output: Dict) -> Dict:
     out = {"task": output["task"], "pred_boxes": inst.pred_boxes.tensor, "scores": inst.scores,
            "captions": list(inst.pred_object_descriptions), "words": list(inst.pred_words),
            "word_points": list(inst.pred_word_points), "word_boxes": list(inst.pred_word_boxes),
-           "token_boxes": list(inst.pred_token_boxes), "token_ids": list(inst.pred_token_ids)}
+           "token_boxes": list(inst.pred_token_boxes), "token_corners": list(inst.pred_token_corners),
+           "token_ids": list(inst.pred_token_ids)}
     if inst.has("pred_masks"):
         out["pred_masks"], out["mask_scores"] = inst.pred_masks, inst.mask_scores
     return out

@@ -23,7 +23,7 @@ from .dataset_mapper import DatasetMapper
 from .detection_utils import DataError
 from .validation import last_load_report
 
-__all__ = ["get_detection_dataset_dicts", "build_train_loader", "build_test_loader", "TrainLoader"]
+__all__ = ["get_detection_dataset_dicts", "build_train_loader", "build_test_loader", "TrainLoader", "without_holdout_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,22 @@ def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: 
             raise ValueError(f"dataset {name!r} has no image with annotations")
         out.extend(kept)
     return out
+
+
+def without_holdout_images(name: str, dicts: List[dict], holdout: Sequence[str]) -> List[dict]:
+    """`dicts` of training dataset `name` without the images (by image id) of the held-out datasets of its task
+    (DATASETS.TRAIN_HOLDOUT): e.g. RefCOCO train without every image of a RefCOCO / + / g val or test split."""
+    task = MetadataCatalog.get(name).task
+    held = [h for h in holdout if MetadataCatalog.get(h).get("task") == task]
+    if not held:
+        return dicts
+    ids = {d["image_id"] for h in held for d in DatasetCatalog.get(h)}
+    kept = [d for d in dicts if d["image_id"] not in ids]
+    logger.info(f"dataset {name}: {len(dicts) - len(kept)} of {len(dicts)} images removed: they are in held-out "
+                f"{', '.join(held)} (DATASETS.TRAIN_HOLDOUT)")
+    if not kept:
+        raise ValueError(f"dataset {name!r}: every image is in a held-out dataset ({', '.join(held)})")
+    return kept
 
 
 def _dist_info(rank: Optional[int], world_size: Optional[int]) -> Tuple[int, int]:
@@ -227,7 +243,7 @@ def build_train_loader(
     """Training batches for `cfg.DATASETS.TRAIN`.
 
     Args:
-        cfg: reads DATASETS.TRAIN / TRAIN_RATIOS, SOLVER.IMS_PER_BATCH (global batch), DATALOADER.NUM_WORKERS /
+        cfg: reads DATASETS.TRAIN / TRAIN_RATIOS / TRAIN_HOLDOUT, SOLVER.IMS_PER_BATCH (global batch), DATALOADER.NUM_WORKERS /
             MIX_TASKS_IN_BATCH / FILTER_EMPTY_ANNOTATIONS, and the mapper's keys.
         start_iter: the first iteration to produce (resume).
         seed: the run's resolved seed; None: cfg.SEED, or 0 (with a warning) when that is negative.
@@ -256,6 +272,8 @@ def build_train_loader(
         raise ValueError(f"SOLVER.IMS_PER_BATCH ({batch_size}) must be divisible by the world size ({world_size})")
     filter_empty = cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     dicts = [get_detection_dataset_dicts(n, filter_empty=filter_empty) for n in names]
+    if cfg.DATASETS.TRAIN_HOLDOUT:
+        dicts = [without_holdout_images(n, d, cfg.DATASETS.TRAIN_HOLDOUT) for n, d in zip(names, dicts)]
     if mappers is None:
         mappers = [DatasetMapper(cfg, is_train=True, task=MetadataCatalog.get(n).task) for n in names]
     plan = _BatchPlan([len(d) for d in dicts], ratios, batch_size, cfg.DATALOADER.MIX_TASKS_IN_BATCH, int(seed))

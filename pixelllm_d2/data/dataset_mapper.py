@@ -25,7 +25,7 @@ from ..config import configurable
 from ..tasks import TASKS, get_task
 from .detection_utils import DataError, read_image
 from .inputs import InputBuilder, QueryChoice, transform_boxes
-from .transforms import resize_crop_flip
+from .transforms import resize_crop_flip, resize_shorter_center_crop
 
 __all__ = ["DatasetMapper", "infer_task"]
 
@@ -75,9 +75,12 @@ class DatasetMapper:
         task: Optional[str],
         image_size: int,
         augmentations: Dict[str, Tuple[Tuple[float, float], bool]],
+        test_resize: Optional[Dict[str, str]] = None,
         builder: InputBuilder,
         max_queries_train: int = 16,
         max_gt_regions_train: int = 100,
+        gt_regions_selection: str = "first",
+        trace_protocol: str = "official",
     ):
         """
         Args:
@@ -85,19 +88,33 @@ class DatasetMapper:
             task: a task of `pixelllm_d2.tasks.TASKS`; None: inferred per dict (`infer_task`).
             image_size: INPUT.IMAGE_SIZE, pixels.
             augmentations: task name -> ((min_scale, max_scale), hflip).
+            test_resize: task name -> evaluation geometry, "longest" (default) or "shorter_crop" (the shorter
+                side to image_size, then the central square: official COCO caption evaluation).
             builder: the `InputBuilder` (tokenizer, prompts, text lengths, trace alignment).
             max_queries_train: queries per training image at most.
             max_gt_regions_train: densecap GT regions per training image at most.
+            gt_regions_selection: "first" (file order, official) or "random", when an image has more.
+            trace_protocol: TEST.TRACE_PROTOCOL; "official" evaluates one narrative per image (seeded by its id).
         """
+        if trace_protocol not in ("official", "all_narratives"):
+            raise ValueError(f"TEST.TRACE_PROTOCOL must be 'official' or 'all_narratives', got {trace_protocol!r}")
+        self.one_narrative_at_test = trace_protocol == "official"
+        if gt_regions_selection not in ("first", "random"):
+            raise ValueError(f"INPUT.GT_REGIONS_SELECTION must be 'first' or 'random', got {gt_regions_selection!r}")
         if task is not None:
             get_task(task)
         self.is_train = is_train
         self.task = task
         self.image_size = image_size
         self.augmentations = augmentations
+        self.test_resize = dict(test_resize or {})
+        bad = {k: v for k, v in self.test_resize.items() if v not in ("longest", "shorter_crop")}
+        if bad:
+            raise ValueError(f"INPUT.<TASK>.TEST_RESIZE must be 'longest' or 'shorter_crop', got {bad}")
         self.builder = builder
         self.max_queries_train = max_queries_train
         self.max_gt_regions_train = max_gt_regions_train
+        self.first_gt_regions = gt_regions_selection == "first"
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, task: Optional[str] = None):
@@ -109,9 +126,12 @@ class DatasetMapper:
                 name: (tuple(cfg.INPUT[t.augmentation].SCALE_RANGE), bool(cfg.INPUT[t.augmentation].HFLIP))
                 for name, t in TASKS.items()
             },
+            "test_resize": {name: cfg.INPUT[t.augmentation].get("TEST_RESIZE", "longest") for name, t in TASKS.items()},
             "builder": InputBuilder(cfg),
             "max_queries_train": cfg.INPUT.MAX_QUERIES_TRAIN,
             "max_gt_regions_train": cfg.INPUT.MAX_GT_REGIONS_TRAIN,
+            "gt_regions_selection": cfg.INPUT.GT_REGIONS_SELECTION,
+            "trace_protocol": cfg.TEST.TRACE_PROTOCOL,
         }
 
     @property
@@ -134,7 +154,10 @@ class DatasetMapper:
         flip = flip and not self._names_left_right(queries)
         train_rng = rng if self.is_train else None
         for attempt in range(2):
-            tfms, h, w = resize_crop_flip(height, width, self.image_size, train_rng, scale_range, flip=flip)
+            if not self.is_train and self.test_resize.get(task) == "shorter_crop":
+                tfms, h, w = resize_shorter_center_crop(height, width, self.image_size)
+            else:
+                tfms, h, w = resize_crop_flip(height, width, self.image_size, train_rng, scale_range, flip=flip)
             kept = []
             for q in queries:
                 q = dict(q)
@@ -146,6 +169,8 @@ class DatasetMapper:
                 if "gt" in q:
                     boxes, ok = transform_boxes(tfms, [g["box"] for g in q["gt"]], h, w)
                     q["gt"] = [dict(g, out_box=b) for g, b, k in zip(q["gt"], boxes, ok) if k]
+                    if self.is_train and self.first_gt_regions:  # official: the first ones surviving the crop
+                        q["gt"] = q["gt"][: self.max_gt_regions_train]
                     q["meta"] = {"region_ids": [g["id"] for g in q["gt"]], "captions": [g["caption"] for g in q["gt"]]}
                 kept.append(q)
             lost_all = bool(queries) and (
@@ -176,7 +201,8 @@ class DatasetMapper:
             raise DataError(
                 f"{d['file_name']}: image is {width}x{height} but its dataset dict says {d['width']}x{d['height']}"
             )
-        choice = QueryChoice(self.is_train, rng, self.max_queries_train, self.max_gt_regions_train)
+        choice = QueryChoice(self.is_train, rng, self.max_queries_train, self.max_gt_regions_train, self.first_gt_regions,
+                             self.one_narrative_at_test)
         queries = self.builder.dataset_queries(task, d, choice)
         tfms, h, w, queries = self._geometry(task.name, queries, height, width, rng)
         out = self.builder.model_input(image, task, queries, tfms, h, w)

@@ -7,6 +7,7 @@ A query is a dict: "context" (str), "target" (str or None), "box" (XYXY original
 "ann_index", "meta" (handed to evaluators as `query_meta`). What queries a task has comes from its `Task.queries`
 kind (`pixelllm_d2.tasks`): one builder per kind, none per task name.
 """
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,14 +39,21 @@ class QueryChoice:
     Args:
         is_train: training or evaluation. rng: drives every draw (training).
         max_queries: INPUT.MAX_QUERIES_TRAIN. max_gt_regions: INPUT.MAX_GT_REGIONS_TRAIN.
+        one_narrative_at_test: evaluation takes one narrative per image, drawn with a generator seeded by the image
+            id (the official trace protocol, TEST.TRACE_PROTOCOL), instead of every narrative.
+        first_gt_regions: the detector's regions are all kept here and cut to the first `max_gt_regions` that
+            survive the crop, in file order (official; the mapper cuts), instead of a random subset
+            (INPUT.GT_REGIONS_SELECTION).
     """
 
     def __init__(self, is_train: bool, rng: Optional[np.random.Generator] = None, max_queries: int = 16,
-                 max_gt_regions: int = 100):
+                 max_gt_regions: int = 100, first_gt_regions: bool = False, one_narrative_at_test: bool = False):
         self.is_train = is_train
+        self.one_narrative_at_test = one_narrative_at_test
         self.rng = rng
         self.max_queries = max_queries
         self.max_gt_regions = max_gt_regions
+        self.first_gt_regions = first_gt_regions
 
     def _subset(self, n: int, limit: int) -> List[int]:
         return [int(i) for i in self.rng.permutation(n)[:limit]] if self.is_train else list(range(n))
@@ -54,15 +62,26 @@ class QueryChoice:
         return self._subset(n, self.max_queries)
 
     def regions(self, n: int) -> List[int]:
+        if self.is_train and self.first_gt_regions:
+            return list(range(n))
         return self._subset(n, self.max_gt_regions)
 
-    def one(self, n: int) -> List[int]:
-        """Training: one item drawn; evaluation: every item."""
-        return [int(self.rng.integers(n))] if self.is_train else list(range(n))
+    def one(self, n: int, key=None) -> List[int]:
+        """Training: one item drawn; evaluation: every item, or (`one_narrative_at_test`) one drawn with a
+        generator seeded by `key` (the image id), the same in every run."""
+        if self.is_train:
+            return [int(self.rng.integers(n))]
+        if self.one_narrative_at_test:
+            return [int(np.random.default_rng(zlib.crc32(repr(key).encode())).integers(n))]
+        return list(range(n))
 
     def target(self, n: int) -> Optional[int]:
         """Training: which of n reference texts is the target; evaluation: None (generated)."""
         return int(self.rng.integers(n)) if self.is_train else None
+
+    def prompt(self, pool: Sequence[str], default: str) -> str:
+        """Training with a prompt pool: one prompt drawn from it (official); otherwise `default`."""
+        return pool[int(self.rng.integers(len(pool)))] if self.is_train and pool else default
 
 
 class InputBuilder:
@@ -71,13 +90,15 @@ class InputBuilder:
     Args:
         tokenizer: a `TextTokenizer`.
         max_context_len, max_text_len: widths of `context_ids` / `target_ids` (EOS included).
-        prompts: MODEL.PIXELLLM.PROMPTS by key (each task names its key, `Task.prompt`).
+        prompts: MODEL.PIXELLLM.PROMPTS by key (each task names its key, `Task.prompt`): evaluation and predictor.
+        train_prompts: MODEL.PIXELLLM.TRAIN_PROMPTS by key: pools a training query's prompt is drawn from (a key
+            absent or empty: its PROMPTS value).
         trace_alignment: "official" or "timestamp" (`trace_alignment.align_tokens_to_utterances`).
     """
 
     @configurable
     def __init__(self, *, tokenizer, max_context_len: int, max_text_len: int, prompts: Dict[str, str],
-                 trace_alignment: str = "official"):
+                 train_prompts: Optional[Dict[str, Sequence[str]]] = None, trace_alignment: str = "official"):
         if trace_alignment not in ("official", "timestamp"):
             raise ValueError(f"INPUT.TRACE_ALIGNMENT must be 'official' or 'timestamp', got {trace_alignment!r}")
         missing = sorted({t.prompt for t in TASKS.values()} - set(prompts))
@@ -87,6 +108,10 @@ class InputBuilder:
         self.max_context_len = max_context_len
         self.max_text_len = max_text_len
         self.prompts = dict(prompts)
+        self.train_prompts = {k: list(v) for k, v in (train_prompts or {}).items()}
+        unknown = sorted(set(self.train_prompts) - set(self.prompts))
+        if unknown:
+            raise ValueError(f"training prompt pools for unknown prompt keys {unknown} (MODEL.PIXELLLM.TRAIN_PROMPTS)")
         self.trace_alignment = trace_alignment
         self._builders = {"narratives": self._narratives, "captions": self._captions, "regions": self._regions,
                           "expressions": self._expressions, "detector": self._detector}
@@ -96,27 +121,30 @@ class InputBuilder:
         lang = cfg.MODEL.PIXELLLM.LANGUAGE
         return dict(tokenizer=build_tokenizer(lang.TOKENIZER or lang.WEIGHTS), max_context_len=lang.MAX_CONTEXT_LEN,
                     max_text_len=lang.MAX_TEXT_LEN, prompts=dict(cfg.MODEL.PIXELLLM.PROMPTS),
+                    train_prompts={k: list(v) for k, v in cfg.MODEL.PIXELLLM.TRAIN_PROMPTS.items()},
                     trace_alignment=cfg.INPUT.TRACE_ALIGNMENT)
 
     # ------------------------------------------------------------------------------------ queries of a dataset
     def dataset_queries(self, task: Task, d: dict, choice: QueryChoice) -> List[dict]:
-        """The queries of dataset dict `d` (docs/DESIGN.md §1) for `task`, the items picked by `choice`."""
-        return self._builders[task.queries](self.prompts[task.prompt], d, choice)
+        """The queries of dataset dict `d` (docs/DESIGN.md §1) for `task`, the items picked by `choice` (and, in
+        training, each query's context prompt drawn from the task's pool)."""
+        pool, default = self.train_prompts.get(task.prompt, ()), self.prompts[task.prompt]
+        return self._builders[task.queries](lambda: choice.prompt(pool, default), d, choice)
 
     def _narratives(self, prompt, d, choice):
         narratives = d["narratives"]
         return [
-            {"context": prompt, "target": narratives[i]["caption"], "utterances": narratives[i]["utterances"],
+            {"context": prompt(), "target": narratives[i]["caption"], "utterances": narratives[i]["utterances"],
              "meta": {"caption": narratives[i]["caption"], "annotator_id": narratives[i].get("annotator_id", ""),
                       "narrative_index": i}}
-            for i in choice.one(len(narratives))
+            for i in choice.one(len(narratives), key=d["image_id"])
         ]
 
     def _captions(self, prompt, d, choice):
         caps = d["captions"]
         if not choice.is_train:  # evaluation: one query, scored against every caption
-            return [{"context": prompt, "target": None, "meta": {"captions": list(caps)}}]
-        return [{"context": prompt, "target": caps[i], "meta": {"caption": caps[i], "captions": list(caps)}}
+            return [{"context": prompt(), "target": None, "meta": {"captions": list(caps)}}]
+        return [{"context": prompt(), "target": caps[i], "meta": {"caption": caps[i], "captions": list(caps)}}
                 for i in choice.queries(len(caps))]
 
     def _regions(self, prompt, d, choice):
@@ -128,14 +156,14 @@ class InputBuilder:
             meta = {"region_id": a.get("id", a.get("ann_id")), "captions": refs}
             if "ref_id" in a:
                 meta.update(ref_id=a["ref_id"], ann_id=a["ann_id"])
-            out.append({"context": prompt, "target": refs[k] if k is not None else None, "box": a["bbox"], "meta": meta})
+            out.append({"context": prompt(), "target": refs[k] if k is not None else None, "box": a["bbox"], "meta": meta})
         return out
 
     def _expressions(self, prompt, d, choice):
         anns = d["annotations"]
         expressions = [(k, a, s, sid) for k, a in enumerate(anns) for s, sid in zip(a["sentences"], a["sent_ids"])]
         return [
-            {"context": prompt + s, "target": s, "box": a["bbox"], "segmentation": a.get("segmentation"), "ann_index": k,
+            {"context": prompt() + s, "target": s, "box": a["bbox"], "segmentation": a.get("segmentation"), "ann_index": k,
              "meta": {"ref_id": a["ref_id"], "sent_id": sid, "sentence": s, "ann_id": a["ann_id"],
                       "category_id": a.get("category_id")}}
             for k, a, s, sid in (expressions[i] for i in choice.queries(len(expressions)))
@@ -145,7 +173,7 @@ class InputBuilder:
         anns = d["annotations"]
         gt = [{"box": anns[i]["bbox"], "caption": anns[i]["caption"], "id": anns[i]["id"]}
               for i in choice.regions(len(anns))]
-        return [{"context": prompt, "target": None, "gt": gt,
+        return [{"context": prompt(), "target": None, "gt": gt,
                  "meta": {"region_ids": [g["id"] for g in gt], "captions": [g["caption"] for g in gt]}}]
 
     # ----------------------------------------------------------------------------------- queries of prompts

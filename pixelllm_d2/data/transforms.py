@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from fvcore.transforms.transform import CropTransform, HFlipTransform, Transform, TransformList
 
-__all__ = ["ResizeTransform", "resize_crop_flip"]
+__all__ = ["ResizeTransform", "resize_crop_flip", "resize_shorter_center_crop"]
 
 
 class ResizeTransform(Transform):
@@ -74,3 +74,13 @@ def resize_crop_flip(
     if flip:
         tfms.append(HFlipTransform(out_w))
     return TransformList(tfms), out_h, out_w
+
+
+def resize_shorter_center_crop(height: int, width: int, image_size: int) -> Tuple[TransformList, int, int]:
+    """The official COCO-caption evaluation geometry: the shorter side resized to `image_size`, then the central
+    `image_size` x `image_size` window (a square, unpadded input). Returns the transforms and the output size."""
+    ratio = image_size / min(height, width)
+    new_h, new_w = max(image_size, int(round(height * ratio))), max(image_size, int(round(width * ratio)))
+    y0, x0 = (new_h - image_size) // 2, (new_w - image_size) // 2
+    tfms = [ResizeTransform(height, width, new_h, new_w), CropTransform(x0, y0, image_size, image_size)]
+    return TransformList(tfms), image_size, image_size

@@ -5,11 +5,12 @@ import os
 from typing import Optional
 
 from . import datasets as D
+from .datasets.coco_karpathy import KARPATHY_SPLITS
 from .validation import DatasetFileError, DuplicateIdError, ValidationReport, check_image_file
 
 __all__ = ["FORMATS", "validate_source"]
 
-FORMATS = ("ln", "refcoco", "vg", "coco_captions")
+FORMATS = ("ln", "refcoco", "vg", "coco_captions", "coco_karpathy")
 
 
 def validate_source(
@@ -31,7 +32,7 @@ def validate_source(
         image_root: image folder; default: the file's folder.
         check_images: decode every image.
         instances_json: refcoco: the instances json (default: `instances.json` next to the refs file).
-        split: refcoco: only this split.
+        split: refcoco / coco_karpathy: only this split.
         image_file_format, image_info_json: LN: as in `load_ln_jsonl`.
 
     Returns:
@@ -52,6 +53,8 @@ def validate_source(
             dicts = D.load_refcoco(file, instances, image_root, split=split, report=report)
         elif fmt == "vg":
             dicts = D.load_vg_json(file, image_root, report=report)
+        elif fmt == "coco_karpathy":
+            dicts = D.load_coco_karpathy_json(file, image_root, splits=[split] if split else KARPATHY_SPLITS, report=report)
         else:
             dicts = D.load_coco_captions_json(file, image_root, report=report)
     except DuplicateIdError:

@@ -6,6 +6,7 @@ from .defaults import DefaultTrainer, create_ddp_model, default_argument_parser,
 from .launch import launch, launch_with_args
 from .lr_scheduler import LRMultiplier, build_lr_scheduler
 from .optimizer import build_grad_clipper, build_optimizer, get_param_groups
+from .preflight import preflight
 from .train_loop import AMPTrainer, HookBase, NonFiniteLossError, SimpleTrainer, TrainerBase
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "build_grad_clipper",
     "build_optimizer",
     "get_param_groups",
+    "preflight",
     "AMPTrainer",
     "HookBase",
     "NonFiniteLossError",

@@ -16,7 +16,6 @@ import glob
 import json
 import logging
 import os
-import pickle
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -29,7 +28,7 @@ from fvcore.common.checkpoint import (
     get_unexpected_parameters_message,
 )
 
-from ..modeling.weights import verify_state_dict
+from ..modeling.weights import read_safetensors_file, read_torch_file, verify_state_dict
 
 from ..utils import comm
 from ..utils.file_io import TMP_SUFFIX, atomic_path, atomic_write
@@ -68,9 +67,8 @@ def save_safetensors(state_dict: Dict[str, torch.Tensor], path: str) -> None:
 def load_safetensors(path: str) -> Dict[str, torch.Tensor]:
     """Read a safetensors file onto the CPU, restoring aliases written by `save_safetensors`."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    state = load_file(path, device="cpu")
+    state = read_safetensors_file(path)
     with safe_open(path, framework="pt") as f:
         aliases = json.loads((f.metadata() or {}).get(_ALIASES_KEY, "{}"))
     for alias, stored in aliases.items():
@@ -203,14 +201,7 @@ class Checkpointer(_FvCheckpointer):
         self._loading = f
         if f.endswith(".safetensors"):
             return {"model": load_safetensors(f)}
-        try:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(
-                f"{f}: not loadable with torch.load(weights_only=True) (it holds objects other than tensors and "
-                f"primitives; we never unpickle arbitrary objects). Re-save its state dict as .safetensors or a "
-                f"plain tensor dict. Details: {e}"
-            ) from e
+        ckpt = read_torch_file(f)
         if not isinstance(ckpt, dict):
             raise ValueError(f"{f}: expected a dict (a checkpoint or a state dict), got {type(ckpt).__name__}")
         if "model" not in ckpt:

@@ -20,61 +20,15 @@ from ..utils.logger import setup_logger
 from . import fsdp, hooks
 from .checkpoint import Checkpointer, NamedOptimizerState
 from .lr_scheduler import build_lr_scheduler
+from .preflight import preflight
 from .optimizer import build_grad_clipper, build_optimizer
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
 __all__ = ["default_argument_parser", "default_setup", "DefaultTrainer", "create_ddp_model", "format_metrics_table"]
 
+from ..utils.cli import default_argument_parser  # noqa: E402  (light: tools parse before heavy imports)
+
 logger = logging.getLogger(__name__)
-
-
-def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentParser:
-    """detectron2's command line: --config-file, --resume, --eval-only, --num-gpus, --num-machines,
-    --machine-rank, --dist-url, then `KEY VALUE` config overrides."""
-    parser = argparse.ArgumentParser(
-        epilog=epilog
-        or (
-            "Examples:\n"
-            "  Train on 1 process:  python tools/train_net.py --config-file cfg.yaml\n"
-            "  Resume after a stop: python tools/train_net.py --config-file cfg.yaml --resume\n"
-            "  8 GPUs:              python tools/train_net.py --config-file cfg.yaml --num-gpus 8\n"
-            "  2 CPU processes (a machine without CUDA, gloo): ... --num-gpus 2\n"
-            "  torchrun:            torchrun --nproc-per-node 8 tools/train_net.py --config-file cfg.yaml\n"
-            "  Evaluate weights:    python tools/train_net.py --config-file cfg.yaml --eval-only \\\n"
-            "                           MODEL.WEIGHTS output/model_final.safetensors\n"
-            "  Override keys:       ... SOLVER.BASE_LR 1e-4 SOLVER.MAX_ITER 1000"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to the config file")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue exactly from OUTPUT_DIR/last_checkpoint (weights, optimizer, scheduler, iteration, data "
-        "position, RNG states) if it exists; otherwise start from MODEL.WEIGHTS",
-    )
-    parser.add_argument("--eval-only", action="store_true", help="load MODEL.WEIGHTS, evaluate DATASETS.TEST, exit")
-    parser.add_argument(
-        "--num-gpus",
-        type=int,
-        default=1,
-        help="processes per machine: one per GPU; on a machine without CUDA, this many CPU processes (gloo)",
-    )
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)")
-    parser.add_argument(
-        "--dist-url",
-        default="auto",
-        help="rendezvous of multi-process training: 'auto' (a free local port, single machine) or tcp://HOST:PORT "
-        "of machine 0",
-    )
-    parser.add_argument(
-        "opts",
-        default=None,
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs at the end of the command, e.g. SOLVER.MAX_ITER 100",
-    )
-    return parser
 
 
 def default_setup(cfg, args: Optional[argparse.Namespace] = None) -> None:
@@ -220,12 +174,14 @@ class DefaultTrainer(TrainerBase):
                 truncate_json_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.iter)
 
     def build_hooks(self) -> List[hooks.HookBase]:
-        """IterationTimer, LRScheduler, PeriodicCheckpointer, EvalHook, and (main process) PeriodicWriter."""
+        """IterationTimer, LRScheduler, PeriodicCheckpointer, StopOnSignal, EvalHook, and (main process)
+        PeriodicWriter."""
         cfg = self.cfg
         ret = [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
             hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.FINAL_SAFETENSORS),
+            hooks.StopOnSignal(self.checkpointer),
         ]
 
         def test_and_save_results():
@@ -247,6 +203,14 @@ class DefaultTrainer(TrainerBase):
         Returns:
             the results of the final evaluation (None without DATASETS.TEST).
         """
+        last = os.path.basename(self.checkpointer.get_checkpoint_file() or "")
+        if self.start_iter >= self.max_iter and last.startswith("model_final"):
+            logger.warning(
+                "OUTPUT_DIR %s holds a finished run (%d of SOLVER.MAX_ITER %d iterations): nothing to train. Evaluate "
+                "it with --eval-only --resume, or raise SOLVER.MAX_ITER to train further.",
+                self.cfg.OUTPUT_DIR, self.start_iter, self.max_iter,
+            )
+            return None
         if self._trainer.data_loader is None:
             self._trainer.data_loader = self.build_train_loader(
                 self.cfg, start_iter=self.start_iter, seed=self.data_seed
@@ -289,6 +253,11 @@ class DefaultTrainer(TrainerBase):
                 len(rng),
                 comm.get_world_size(),
             )
+
+    @classmethod
+    def preflight(cls, cfg, train: bool = True, resume: bool = False, overwrite: bool = False) -> None:
+        """`engine.preflight`: what the run will need, checked before the model is built."""
+        preflight(cfg, train=train, resume=resume, overwrite=overwrite)
 
     @classmethod
     def build_model(cls, cfg) -> torch.nn.Module:

@@ -3,7 +3,10 @@ checkpoints, periodic evaluation and periodic metric writing."""
 import datetime
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -21,6 +24,8 @@ __all__ = [
     "PeriodicCheckpointer",
     "EvalHook",
     "PeriodicWriter",
+    "StopOnSignal",
+    "TrainingInterrupted",
     "flatten_results_dict",
 ]
 
@@ -153,6 +158,65 @@ class EvalHook(HookBase):
         # Only after a completed run: an exception (e.g. a NaN loss) stops without evaluating.
         if self.trainer.iter >= self.trainer.max_iter:
             self._do_eval()
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised by `StopOnSignal` after the checkpoint is written; exits with 128 + the signal number (130 for
+    Ctrl-C, 143 for SIGTERM), as a process killed by that signal would report."""
+
+
+class StopOnSignal(HookBase):
+    """On SIGINT (Ctrl-C) or SIGTERM (how SLURM and Kubernetes preempt jobs), finish the current iteration, write
+    `model_{iter:07d}.pth` (atomically, with everything `--resume` restores), print the resume command and stop
+    with `TrainingInterrupted`. A second Ctrl-C stops at once. With several processes the decision is shared
+    (every rank stops after the same iteration). Register it after `PeriodicCheckpointer` and before `EvalHook`.
+
+    Args:
+        checkpointer: the trainer's `Checkpointer`.
+        signals: the signals handled.
+    """
+
+    def __init__(self, checkpointer: Checkpointer, signals=(signal.SIGINT, signal.SIGTERM)):
+        self.checkpointer = checkpointer
+        self.signals = tuple(signals)
+        self.received: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.received = signum
+        logger.warning("Received %s: stopping after iteration %d with a checkpoint (Ctrl-C again to stop at once)",
+                       signal.Signals(signum).name, self.trainer.iter)
+
+    def before_train(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for s in self.signals:
+            self._previous[s] = signal.signal(s, self._handle)
+
+    def after_train(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    def after_step(self) -> None:
+        received = self.received
+        if comm.get_world_size() > 1:
+            received = next((r for r in comm.all_gather(received) if r is not None), None)
+        if received is None:
+            return
+        it = self.trainer.iter
+        name = f"model_{it:07d}"
+        self.checkpointer.save(name, iteration=it)
+        if comm.is_main_process():
+            argv = list(sys.argv)
+            command = " ".join(["python", argv[0], "--resume"] + [a for a in argv[1:] if a != "--resume"])
+            message = (f"Interrupted by {signal.Signals(received).name} after iteration {it}: checkpoint "
+                       f"{os.path.join(self.checkpointer.save_dir, name)}.pth written. Resume with: {command}")
+            logger.warning(message)
+            print(message, file=sys.stderr, flush=True)
+        raise TrainingInterrupted(128 + received)
 
 
 class PeriodicWriter(HookBase):

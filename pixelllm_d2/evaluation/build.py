@@ -21,7 +21,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None,
     """The evaluator of `dataset_name`, chosen by `MetadataCatalog.get(dataset_name).evaluator_type`.
 
     Args:
-        cfg: the config (reads OUTPUT_DIR and TEST.SKIP_METEOR).
+        cfg: the config (reads OUTPUT_DIR, TEST.SKIP_METEOR and TEST.TRACE_PROTOCOL).
         dataset_name: a name registered in the data catalog.
         output_folder: where predictions.json / groundtruth.json / results.json go; default
             `cfg.OUTPUT_DIR/inference/<dataset_name>`.
@@ -46,7 +46,9 @@ def build_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None,
         "output_dir": output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name),
         "skip_meteor": cfg.TEST.SKIP_METEOR,
     }
-    if cls is not TraceEvaluator:
+    if cls is TraceEvaluator:
+        kwargs["protocol"] = cfg.TEST.TRACE_PROTOCOL
+    else:
         if dataset_dicts is None:
             from ..data import DatasetCatalog
 

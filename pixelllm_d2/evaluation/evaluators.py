@@ -208,16 +208,29 @@ class CaptionEvaluator(_DatasetGroundTruthEvaluator):
 class TraceEvaluator(_TaskEvaluator):
     """Localized Narratives traces: `point_l1` of the teacher-forced per-token boxes. The ground truth is the
     inputs' `token_boxes` (resized pixels, mapped back to the original image), so no dataset dicts are needed.
-    Arguments as `_TaskEvaluator` (METEOR is not used).
+
+    Args:
+        dataset_name, output_dir: as `_TaskEvaluator` (METEOR is not used).
+        protocol: "official" (the raw predicted corners, `token_corners`; images without a located token count 0;
+            the mapper gives one narrative per image) or "all_narratives" (the ordered, clipped `token_boxes`;
+            such images left out). Written into groundtruth.json, so tools/evaluate.py scores the same way.
     """
 
     task = "trace"
 
+    def __init__(self, dataset_name: str, output_dir: Optional[str] = None, skip_meteor: bool = False,
+                 protocol: str = "official"):
+        if protocol not in ("official", "all_narratives"):
+            raise ValueError(f"trace protocol must be 'official' or 'all_narratives', got {protocol!r}")
+        self._protocol = protocol
+        super().__init__(dataset_name, output_dir, skip_meteor)
+
     def _records(self, inp, out):
         records = output_records(inp, out)
-        for q, (rec, boxes) in enumerate(zip(records, out["token_boxes"])):
+        boxes = out["token_corners"] if self._protocol == "official" else out["token_boxes"]
+        for q, (rec, b) in enumerate(zip(records, boxes)):
             rec["query_index"] = q
-            rec["token_boxes"] = xywh_lists(boxes)
+            rec["token_boxes"] = xywh_lists(b)
         return records
 
     def _gt_entries(self, inp):
@@ -231,5 +244,5 @@ class TraceEvaluator(_TaskEvaluator):
         return image, annotations
 
     def _full_ground_truth(self, gt_entries):
-        return {"bbox_mode": "XYWH_ABS", "images": [image for image, _ in gt_entries],
+        return {"bbox_mode": "XYWH_ABS", "trace_protocol": self._protocol, "images": [image for image, _ in gt_entries],
                 "annotations": [ann for _, anns in gt_entries for ann in anns]}

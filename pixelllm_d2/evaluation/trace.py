@@ -4,8 +4,12 @@ For every valid token of a narrative (teacher-forced on the GT text; valid = its
 the 2 predicted corner points (x0, y0), (x1, y1) takes the L1 distance (|dx| + |dy|) / 2 to the nearest of the
 token's 2 GT corner points, coordinates normalised by the image width and height; the token's error is the mean
 over the 2 predicted points. An image's error is the mean over its valid tokens (all its narratives together);
-`point_l1` is the mean over images, in units of the image size (0 = perfect). Images without a
-valid token are left out (the official code would average in a 0 for them).
+`point_l1` is the mean over images, in units of the image size (0 = perfect).
+
+The ground truth's "trace_protocol" says which variant (TEST.TRACE_PROTOCOL): "official" (the predictions are the
+raw predicted points, one narrative per image, an image without a valid token counts 0: the official
+`PointEvaluator`) or "all_narratives" (the predictions are the ordered, clipped token boxes, every narrative of an
+image, images without a valid token left out; the default of a file without the key).
 """
 import logging
 from typing import Any, Dict, Sequence, Tuple
@@ -61,6 +65,9 @@ class TraceScorer(Scorer):
     fields = ("query_index", "token_boxes")
 
     def _parse(self, gt):
+        self._protocol = gt.get("trace_protocol", "all_narratives") if isinstance(gt, dict) else "all_narratives"
+        if self._protocol not in ("official", "all_narratives"):
+            raise ValueError(f"{self.gt_source}: trace_protocol must be 'official' or 'all_narratives', got {self._protocol!r}")
         return parse_trace(gt, self.gt_source)
 
     def _setup(self, sizes, queries, predictions):
@@ -81,6 +88,8 @@ class TraceScorer(Scorer):
                 total, count = total + s, count + n
             if count:
                 self._per_image[image_id] = total / count
+            elif self._protocol == "official":  # the official 1e-8 denominator: such an image counts 0
+                self._per_image[image_id] = 0.0
         skipped = len(queries) - len(self._per_image)
         if skipped:
             logger.info(f"trace: {skipped} of {len(queries)} images have no token with a GT box; left out")

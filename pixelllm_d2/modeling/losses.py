@@ -58,20 +58,20 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return generalized_box_iou_loss(ordered.float(), target.float(), reduction="mean")
 
 
-def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor):
+def mask_losses(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, alpha: float = 0.5):
     """SAM-style mask losses inside the unpadded image area.
 
     Args:
         logits: (Q, S, S) mask logits at the padded input size; iou_pred: (Q,) predicted IoU.
         gt: (Q, S, S) bool GT masks (zero in the padding); valid: (Q, S, S) bool, True inside the image.
     Returns:
-        dict with "focal" (sigmoid focal, alpha 0.25, gamma 2, mean over valid pixels), "dice", "iou" (MSE between
+        dict with "focal" (sigmoid focal, `alpha`, gamma 2, mean over valid pixels), "dice", "iou" (MSE between
         the predicted and the actual IoU of logits > 0).
     """
     gt_f = gt.float()
     vf = valid.float()
     n_valid = vf.sum(dim=(1, 2)).clamp(min=1.0)
-    focal = sigmoid_focal_loss(logits.float(), gt_f, alpha=0.25, gamma=2.0, reduction="none")
+    focal = sigmoid_focal_loss(logits.float(), gt_f, alpha=alpha, gamma=2.0, reduction="none")
     focal = ((focal * vf).sum(dim=(1, 2)) / n_valid).mean()
     prob = logits.float().sigmoid() * vf
     inter = (prob * gt_f).sum(dim=(1, 2))

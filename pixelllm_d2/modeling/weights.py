@@ -23,7 +23,9 @@ __all__ = [
     "MIN_LOADED_FRACTION",
     "verify_state_dict",
     "load_state_dict_file",
-    "load_t5_folder_state_dict",
+    "read_torch_file",
+    "read_safetensors_file",
+    "load_hf_folder_state_dict",
     "split_prefixed",
     "load_into",
     "load_sam_checkpoint",
@@ -100,7 +102,8 @@ def verify_state_dict(
         raise CheckpointMismatchError(f"{source}: NaN or Inf values in {len(non_finite)} tensor(s): {_keys_text(non_finite)}")
     missing = [k for k in shapes if k not in state]
     if missing:
-        missing = _filter_reused_missing_keys(model, missing)
+        kept = set(_filter_reused_missing_keys(model, missing))  # fvcore returns set order; keep the model's
+        missing = [k for k in missing if k in kept]
     unexpected = [k for k in state if k not in shapes]
     total = sum(math.prod(s) for s in shapes.values())
     unloaded = sum(math.prod(shapes[k]) for k in missing)
@@ -113,19 +116,51 @@ def verify_state_dict(
     return missing, unexpected
 
 
+def _first_line(e: BaseException) -> str:
+    # torch's messages go on for lines and end with advice to retry with weights_only=False: wrong for a corrupt
+    # file and unsafe for an untrusted one, so only their first line is kept
+    lines = [x.strip() for x in str(e).splitlines() if x.strip() and "weights_only" not in x]
+    return lines[0] if lines else type(e).__name__
+
+
+def read_torch_file(path: str):
+    """`torch.load(path, weights_only=True)` on the CPU, its failures as one-line `ValueError`s naming the file:
+    a file holding pickled objects besides tensors (never unpickled here), or one that is truncated or not a torch
+    file at all."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise ValueError(
+                f"{path}: holds pickled Python objects besides tensors, which are never unpickled here "
+                f"(torch.load weights_only=True). Re-save its state dict as .safetensors or a plain tensor dict."
+            ) from e
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or not a torch file): {_first_line(e)}") from e
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, IndexError, KeyError) as e:
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or not a torch file): {_first_line(e)}") from e
+
+
+def read_safetensors_file(path: str) -> Dict[str, torch.Tensor]:
+    """safetensors' `load_file` on the CPU, a damaged file reported as a one-line `ValueError` naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .safetensors file (truncated or another format): {_first_line(e)}") from e
+
+
 def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     """A flat tensor dict from a `.safetensors` file or a torch file read with `weights_only=True` (a top-level
     "model" / "state_dict" entry is unwrapped)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle refusing a non-tensor object, truncated file, ...
-        raise ValueError(f"cannot read {path} as a tensor-only torch file (weights_only=True): {e}") from e
+        return read_safetensors_file(path)
+    obj = read_torch_file(path)
     for key in ("model", "state_dict", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -135,10 +170,10 @@ def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def load_t5_folder_state_dict(folder: str) -> Dict[str, torch.Tensor]:
-    """The full state dict of a local HF T5 folder."""
+def load_hf_folder_state_dict(folder: str) -> Dict[str, torch.Tensor]:
+    """The full state dict of a local HF model folder (T5, BERT): sharded or single safetensors / .bin."""
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"T5 weights folder not found: {folder}")
+        raise FileNotFoundError(f"HF weights folder not found: {folder}")
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = os.path.join(folder, index_name)
         if os.path.isfile(index):

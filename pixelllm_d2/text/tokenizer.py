@@ -1,14 +1,17 @@
 """Text tokenizers shared by the data mapper (training targets) and the model (prompts, decoding).
 
-Three sources, none fetched from a hub:
-- a local folder: `tokenizer.json` (HF fast tokenizer) or `spiece.model` (T5's SentencePiece, e.g. a Flan-T5
-  checkpoint folder);
+Sources, none fetched from a hub:
+- a local folder: `tokenizer.json` (HF fast tokenizer), `spiece.model` (T5's SentencePiece, e.g. a Flan-T5
+  checkpoint folder) or `vocab.txt` (BERT's WordPiece, e.g. a bert-base-uncased folder);
 - "byt5": the byte-level ByT5 tokenizer, which needs no file;
 - "shapes": a word-level SentencePiece model of the embedded benchmark's vocabulary, trained by code on first use
   (deterministic: one thread, a fixed word list) and cached under `$PIXELLLM_CACHE` (default
-  `~/.cache/pixelllm_d2`).
+  `~/.cache/pixelllm_d2`);
+- "shapes-wordpiece": the same vocabulary as a BERT WordPiece vocab.txt laid out as bert-base-uncased's (pad 0,
+  [UNK] 100, [CLS] 101, [SEP] 102), for the BERT / GIT decoder family at tiny scale.
 
-All follow T5's id convention: pad = 0 (also the decoder's start token), EOS = 1.
+Ids: T5 family: pad = 0 = BOS (the decoder's start token), EOS = 1. BERT family: pad = 0, BOS = [CLS],
+EOS = [SEP] (101 / 102 in bert-base-uncased).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import os
 from functools import lru_cache
 from typing import List, Sequence, Tuple
 
-__all__ = ["TextTokenizer", "build_tokenizer", "train_word_sentencepiece"]
+__all__ = ["TextTokenizer", "build_tokenizer", "train_word_sentencepiece", "wordpiece_vocab"]
 
 # SentencePiece's word-boundary marker.
 _SP_SPACE = "\u2581"
@@ -28,22 +31,27 @@ class TextTokenizer:
     """A thin, uniform wrapper over a HF tokenizer.
 
     Args:
-        hf_tokenizer: a `transformers` tokenizer whose pad id is 0 and EOS id is 1 (T5 / ByT5 convention).
+        hf_tokenizer: a `transformers` tokenizer with a pad token and an EOS (or, BERT, [SEP]) token.
         name: where it came from, for messages.
+
+    Attributes:
+        pad_id, bos_id, eos_id, unk_id (-1 if none): BOS is the tokenizer's BOS, else its [CLS], else pad (T5).
+        wordpiece: True for BERT-style WordPiece ("##" marks a piece that continues a word).
     """
 
     def __init__(self, hf_tokenizer, name: str = ""):
         self.hf = hf_tokenizer
         self.name = name
-        self.pad_id = int(hf_tokenizer.pad_token_id)
-        self.eos_id = int(hf_tokenizer.eos_token_id)
+        pad, eos = hf_tokenizer.pad_token_id, _first_set(hf_tokenizer.eos_token_id, getattr(hf_tokenizer, "sep_token_id", None))
+        if pad is None or eos is None or pad == eos:
+            raise ValueError(f"tokenizer {name!r}: PixelLLM needs distinct pad and EOS (or [SEP]) ids, got pad {pad} "
+                             f"and EOS {eos}")
+        self.pad_id, self.eos_id = int(pad), int(eos)
+        self.bos_id = int(_first_set(hf_tokenizer.bos_token_id, getattr(hf_tokenizer, "cls_token_id", None), pad))
         unk = hf_tokenizer.unk_token_id
         self.unk_id = -1 if unk is None else int(unk)
-        if self.pad_id != 0 or self.eos_id != 1:
-            raise ValueError(
-                f"tokenizer {name!r}: PixelLLM's T5 decoding needs pad id 0 and EOS id 1, "
-                f"got pad {self.pad_id} and EOS {self.eos_id}"
-            )
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        self.wordpiece = type(getattr(backend, "model", None)).__name__ == "WordPiece"
         self.special_ids = set(int(i) for i in hf_tokenizer.all_special_ids)
 
     def __len__(self) -> int:
@@ -92,7 +100,10 @@ class TextTokenizer:
 
         def flush():
             if current:
-                text = self.hf.decode(current, skip_special_tokens=True).strip()
+                if self.wordpiece:  # BERT's decode would put a space before ':' and the like
+                    text = "".join(p[2:] if p.startswith("##") else p for p in self.hf.convert_ids_to_tokens(current))
+                else:
+                    text = self.hf.decode(current, skip_special_tokens=True).strip()
                 words.append(text)
                 current.clear()
 
@@ -106,8 +117,14 @@ class TextTokenizer:
                 token_to_word.append(-1)
                 continue
             piece = self.hf.convert_ids_to_tokens(i)
+            if piece is None:  # an id of the model's vocabulary the tokenizer lacks (T5's 28 unused ids): no word
+                token_to_word.append(-1)
+                continue
             text = self.hf.decode([i], skip_special_tokens=True)
-            starts_word = piece.startswith(_SP_SPACE) or text[:1].isspace()
+            if self.wordpiece:  # punctuation joins the word before it, as SentencePiece's pieces do
+                starts_word = not piece.startswith("##") and not (current and not any(c.isalnum() for c in piece))
+            else:
+                starts_word = piece.startswith(_SP_SPACE) or text[:1].isspace()
             if not text.strip():
                 # whitespace-only token: ends the current word, belongs to none
                 flush()
@@ -122,6 +139,10 @@ class TextTokenizer:
         keep = [k for k, w in enumerate(words) if w]
         remap = {old: new for new, old in enumerate(keep)}
         return [words[k] for k in keep], [remap.get(t, -1) for t in token_to_word]
+
+
+def _first_set(*values):
+    return next((v for v in values if v is not None), None)
 
 
 def train_word_sentencepiece(words: Sequence[str]) -> bytes:
@@ -170,30 +191,58 @@ def _shapes_tokenizer_dir() -> str:
     return folder
 
 
+def wordpiece_vocab(words: Sequence[str]) -> List[str]:
+    """A BERT vocab.txt's lines over `words` (lower-cased, ':' ',' '.' split off), in bert-base-uncased's layout:
+    [PAD] 0, [unused0-98] 1-99, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then the words."""
+    uniq = sorted({w.lower().strip(":,.") for w in words if w.strip(":,. ")} | {":", ",", "."})
+    return ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + uniq
+
+
+def _shapes_wordpiece_dir() -> str:
+    from .shapes_vocabulary import vocabulary
+
+    lines = wordpiece_vocab(vocabulary())
+    text = "\n".join(lines) + "\n"
+    folder = os.path.join(_cache_root(), "tokenizers", f"shapes-wordpiece-{hashlib.sha1(text.encode()).hexdigest()[:12]}")
+    vocab_file = os.path.join(folder, "vocab.txt")
+    if not os.path.isfile(vocab_file):
+        from ..utils.file_io import atomic_write
+
+        os.makedirs(folder, exist_ok=True)
+        with atomic_write(vocab_file) as f:
+            f.write(text.encode())
+    return folder
+
+
 @lru_cache(maxsize=8)
 def build_tokenizer(name_or_path: str) -> TextTokenizer:
     """Build a tokenizer from a local folder, "byt5" or "shapes" (see the module docstring)."""
-    from transformers import AutoTokenizer, ByT5Tokenizer, T5Tokenizer
+    from transformers import AutoTokenizer, BertTokenizer, ByT5Tokenizer, T5Tokenizer
 
     if not name_or_path:
         raise ValueError(
-            "no tokenizer configured: set MODEL.PIXELLLM.LANGUAGE.TOKENIZER (a local folder with spiece.model or "
-            "tokenizer.json, 'byt5', or 'shapes') or MODEL.PIXELLLM.LANGUAGE.WEIGHTS (a local T5 folder)"
+            "no tokenizer configured: set MODEL.PIXELLLM.LANGUAGE.TOKENIZER (a local folder with spiece.model, "
+            "tokenizer.json or vocab.txt, 'byt5', 'shapes' or 'shapes-wordpiece') or MODEL.PIXELLLM.LANGUAGE.WEIGHTS "
+            "(a local T5 / BERT folder)"
         )
     if name_or_path == "byt5":
         return TextTokenizer(ByT5Tokenizer(), name="byt5")
     if name_or_path == "shapes":
         return TextTokenizer(T5Tokenizer.from_pretrained(_shapes_tokenizer_dir(), extra_ids=0), name="shapes")
+    if name_or_path == "shapes-wordpiece":
+        return TextTokenizer(BertTokenizer.from_pretrained(_shapes_wordpiece_dir(), local_files_only=True), name="shapes-wordpiece")
     folder = os.path.expanduser(name_or_path)
     if not os.path.isdir(folder):
         raise FileNotFoundError(
-            f"tokenizer {name_or_path!r}: not a folder; expected a local folder with spiece.model or "
-            f"tokenizer.json (nothing is downloaded), or one of 'byt5', 'shapes'"
+            f"tokenizer {name_or_path!r}: not a folder; expected a local folder with spiece.model, tokenizer.json "
+            f"or vocab.txt (nothing is downloaded), or one of 'byt5', 'shapes', 'shapes-wordpiece'"
         )
     if os.path.isfile(os.path.join(folder, "tokenizer.json")):
         hf = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     elif os.path.isfile(os.path.join(folder, "spiece.model")):
         hf = T5Tokenizer.from_pretrained(folder, local_files_only=True)
+    elif os.path.isfile(os.path.join(folder, "vocab.txt")):
+        hf = BertTokenizer.from_pretrained(folder, local_files_only=True)
     else:
-        raise FileNotFoundError(f"tokenizer folder {folder!r} holds neither tokenizer.json nor spiece.model")
+        raise FileNotFoundError(f"tokenizer folder {folder!r} holds none of tokenizer.json, spiece.model, vocab.txt")
     return TextTokenizer(hf, name=folder)

@@ -68,29 +68,34 @@ class Visualizer:
         self.thickness = max(1, int(round(side / 400)))
         self.font_scale = max(0.45, side / 1100)
         self.lines: List[Tuple[str, Optional[Color]]] = []
+        self._labels: List[Tuple[int, int, int, int]] = []  # boxes of the labels drawn so far (picture pixels)
 
     # --------------------------------------------------------------------------------------------- primitives
     def _xy(self, points) -> np.ndarray:
         """(..., 2) original pixels -> int picture pixels."""
         return np.round(_numpy(points).astype(np.float64) * self.scale).astype(np.int64)
 
-    def draw_text(self, text: str, org: Sequence[int], color: Color) -> None:
-        """`text` with its baseline-left corner near `org` (picture pixels), shifted to stay inside the picture,
-        in `color` with a black outline."""
+    def draw_text(self, text: str, org: Sequence[int], color: Color, avoid: bool = True) -> None:
+        """`text` with its baseline-left corner near `org` (picture pixels), in `color` on a black plate (readable
+        on any image), shifted to stay inside the picture and, with `avoid`, moved down past labels drawn before
+        it instead of over them."""
         text = _ascii(text)
         (tw, th), base = cv2.getTextSize(text, _FONT, self.font_scale, self.thickness)
         h, w = self.canvas.shape[:2]
-        x = int(min(max(org[0], 1), max(1, w - tw - 1)))
-        y = int(min(max(org[1], th + 1), max(th + 1, h - base - 1)))
-        # The outline is the text shifted by one pixel each way: a thicker stroke would also widen the glyph
-        # advance in OpenCV and drift away from the coloured text.
-        for dx, dy in ((-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)):
-            cv2.putText(self.canvas, text, (x + dx, y + dy), _FONT, self.font_scale, _BLACK, self.thickness, cv2.LINE_AA)
+        x = int(min(max(org[0], 2), max(2, w - tw - 2)))
+        y = int(min(max(org[1], th + 2), max(th + 2, h - base - 2)))
+        while avoid and any(x < x1 and x + tw > x0 and y - th - 2 < y1 and y + base + 2 > y0 for x0, y0, x1, y1 in self._labels):
+            if y + th + base + 4 > h - base - 2:
+                break
+            y += th + base + 4
+        self._labels.append((x - 2, y - th - 2, x + tw + 2, y + base + 2))
+        cv2.rectangle(self.canvas, (x - 2, y - th - 2), (x + tw + 2, y + base + 2), _BLACK, -1)
         cv2.putText(self.canvas, text, (x, y), _FONT, self.font_scale, color, self.thickness, cv2.LINE_AA)
 
     def draw_trace(self, words: Sequence[str], points) -> None:
-        """Per-word trace: the word-to-word path (white on black), each word's label next to its point, then
-        each word's marker at its point in PALETTE[j % 20].
+        """Per-word trace: the word-to-word path (white on black), each word's number (1, 2, ... in reading order;
+        the caption strip is the legend) next to its point, then each word's marker at its point in
+        PALETTE[j % 20].
 
         Args:
             words: W words. points: (W, 2) (x, y) per word, original pixels.
@@ -103,8 +108,8 @@ class Visualizer:
             cv2.polylines(self.canvas, path, False, _BLACK, self.thickness + 3, cv2.LINE_AA)
             cv2.polylines(self.canvas, path, False, _WHITE, self.thickness + 1, cv2.LINE_AA)
         r = self.radius
-        for j, (word, (x, y)) in enumerate(zip(words, pts)):
-            self.draw_text(word, (x + r + 2, y - r - 2), PALETTE[j % len(PALETTE)])
+        for j, (x, y) in enumerate(pts):
+            self.draw_text(str(j + 1), (x + r + 2, y - r - 2), PALETTE[j % len(PALETTE)])
         # Markers last, so no label or path covers a word's point.
         for j, (x, y) in enumerate(pts):
             cv2.circle(self.canvas, (int(x), int(y)), r + 1, _BLACK, -1, cv2.LINE_8)
@@ -120,10 +125,10 @@ class Visualizer:
 
     def draw_points(self, points, color: Color) -> None:
         """Prompt points (P, 2) (original pixels) as crosses."""
-        size = 3 * self.radius
+        size = 6 * self.radius
         for x, y in self._xy(points).reshape(-1, 2):
-            cv2.drawMarker(self.canvas, (int(x), int(y)), _BLACK, cv2.MARKER_CROSS, size, self.thickness + 3)
-            cv2.drawMarker(self.canvas, (int(x), int(y)), color, cv2.MARKER_CROSS, size, self.thickness + 1)
+            cv2.drawMarker(self.canvas, (int(x), int(y)), _BLACK, cv2.MARKER_CROSS, size, self.thickness + 5)
+            cv2.drawMarker(self.canvas, (int(x), int(y)), color, cv2.MARKER_CROSS, size, self.thickness + 2)
 
     def draw_mask(self, mask, color: Color, alpha: float = 0.45) -> None:
         """Blend an (H, W) bool mask (original pixels) over the picture: pixel = (1 - alpha) * pixel +
@@ -172,8 +177,11 @@ class Visualizer:
                     self.draw_box(boxes[k], color, str(k + 1))
                 self.add_line(f"{k + 1}: {caption}", color)
         elif task.box_at_last_word:
+            used: List[Color] = []
             for k, caption in enumerate(captions):
-                color = PALETTE[k % len(PALETTE)]
+                region = output["pred_masks"][k] if "pred_masks" in output else None
+                color = self.contrasting_color(region if region is not None else boxes[k], used)
+                used.append(color)
                 text = texts[k] if texts is not None else caption
                 if "pred_masks" in output:
                     self.draw_mask(output["pred_masks"][k], color)
@@ -181,9 +189,28 @@ class Visualizer:
                 self.add_line(f"{k + 1}: \"{text}\"", color)
         else:
             for k, caption in enumerate(captions):
-                self.draw_trace(output["words"][k], output["word_points"][k])
+                words = output["words"][k]
+                self.draw_trace(words, output["word_points"][k])
                 self.add_line(f"caption: {caption}")
+                self.add_line("words: " + "  ".join(f"{j + 1} {w}" for j, w in enumerate(words)))
         return self.get_image()
+
+    def contrasting_color(self, region, used: Sequence[Color] = ()) -> Color:
+        """The PALETTE colour farthest (RGB distance) from the mean colour of `region` (an (H, W) bool mask or an
+        XYXY box, original pixels) in the picture, among those not in `used`: a mask stays visible on its object."""
+        h, w = self.canvas.shape[:2]
+        r = _numpy(region)
+        if r.ndim == 2:
+            m = r.astype(np.uint8)
+            if m.shape != (h, w):
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+            pixels = self.canvas[m.astype(bool)]
+        else:
+            x0, y0, x1, y1 = self._xy(np.asarray(r, dtype=np.float64).reshape(2, 2)).reshape(4).tolist()
+            pixels = self.canvas[max(y0, 0) : max(y1, y0 + 1), max(x0, 0) : max(x1, x0 + 1)].reshape(-1, 3)
+        mean = pixels.reshape(-1, 3).mean(axis=0) if pixels.size else np.full(3, 127.0)
+        choices = [c for c in PALETTE if c not in used] or list(PALETTE)
+        return max(choices, key=lambda c: float(np.linalg.norm(np.asarray(c, dtype=np.float64) - mean)))
 
     def _wrap(self, text: str, width: int) -> List[str]:
         lines, current = [], ""

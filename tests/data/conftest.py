@@ -13,7 +13,7 @@ from pixelllm_d2.data import register_all_shapes  # noqa: E402
 NUM_TRAIN, NUM_VAL = 20, 6
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # restored after each module: later tests see the real shapes datasets
 def shapes_root(tmp_path_factory):
     """A dataset root whose `shapes_*` datasets are registered at 20 train / 6 val images (generated on first
     use); the default registration is restored afterwards."""
@@ -27,6 +27,10 @@ def shapes_root(tmp_path_factory):
 def cfg():
     c = get_cfg()
     c.MODEL.PIXELLLM.LANGUAGE.TOKENIZER = "shapes"
+    # the shapes tokenizer's words only (as the shapes config): no official prompt pools, its caption prompt
+    c.MODEL.PIXELLLM.PROMPTS.CAPTION = "A short image caption: "
+    c.MODEL.PIXELLLM.TRAIN_PROMPTS.TRACE = []
+    c.MODEL.PIXELLLM.TRAIN_PROMPTS.CAPTION = []
     c.INPUT.IMAGE_SIZE = 128
     c.DATALOADER.NUM_WORKERS = 0
     c.SOLVER.IMS_PER_BATCH = 4

@@ -244,3 +244,24 @@ def test_float_images_are_refused_by_name(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32), mode="F").save(tmp_path / "f.tiff")
     with pytest.raises(ImageReadError, match=r"f\.tiff: cannot read image: 32-bit float images are not supported"):
         read_image(str(tmp_path / "f.tiff"))
+
+
+@pytest.mark.parametrize("protocol", ["official", "all_narratives"])
+def test_trace_evaluation_narratives_per_protocol(tmp_path, cfg, protocol):
+    file_name, _, (h, w) = _scene(tmp_path)
+    utterance = {"utterance": "a red shape", "start_time": 0, "end_time": 1, "box": [0.1, 0.1, 0.5, 0.5],
+                 "center": [0.3, 0.3], "points": []}
+    narratives = [{"caption": c, "annotator_id": str(k), "utterances": [dict(utterance, utterance=c)]}
+                  for k, c in enumerate(["a red shape", "a blue square", "a green triangle"])]
+    cfg.TEST.TRACE_PROTOCOL = protocol
+    mapper = DatasetMapper(cfg, is_train=False, task="trace")
+    picked = {}
+    for image_id in range(6):
+        d = {"file_name": file_name, "image_id": image_id, "height": h, "width": w, "narratives": narratives}
+        meta = mapper(d)["query_meta"]
+        assert meta == mapper(d)["query_meta"]  # the same in every run
+        picked[image_id] = [m["narrative_index"] for m in meta]
+    if protocol == "official":  # one narrative per image, drawn with a generator seeded by the image id
+        assert all(len(v) == 1 for v in picked.values()) and len({v[0] for v in picked.values()}) > 1
+    else:
+        assert all(v == [0, 1, 2] for v in picked.values())

@@ -178,6 +178,12 @@ class ToyTrainer(DefaultTrainer):
 
     nan_at: Optional[int] = None
 
+    @classmethod
+    def preflight(cls, cfg, train=True, resume=False, overwrite=False):
+        from pixelllm_d2.engine.preflight import preflight
+
+        preflight(cfg, train, resume, overwrite, check_datasets=False)  # its data is not in the catalog
+
     def build_writers(self):
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         return [

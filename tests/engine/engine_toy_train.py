@@ -103,5 +103,7 @@ def main(args):
 
 
 if __name__ == "__main__":
+    from pixelllm_d2.utils.cli import run_tool
+
     args = default_argument_parser().parse_args()
-    launch_with_args(main, args)
+    run_tool(lambda a: launch_with_args(main, a), args, "train_net.py")

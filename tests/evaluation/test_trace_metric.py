@@ -1,4 +1,6 @@
 """point_l1: nearest GT corner, normalisation by each frame's size, valid tokens only, mean over images."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -26,15 +28,18 @@ def trace_input(image_id, height, width, resized_hw, token_boxes):
             "token_boxes": torch.tensor(token_boxes, dtype=torch.float32)}
 
 
-def trace_output(token_boxes):
+def trace_output(token_boxes, token_corners=None):
+    """A model output; `token_corners` are the raw predicted corners (default: the same as the boxes)."""
     n = len(token_boxes)
+    corners = token_boxes if token_corners is None else token_corners
     return {"task": "trace", "pred_boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]] * n), "scores": torch.ones(n),
             "captions": ["a"] * n, "token_ids": [torch.arange(len(b)) for b in token_boxes],
-            "token_boxes": [torch.tensor(b, dtype=torch.float32) for b in token_boxes]}
+            "token_boxes": [torch.tensor(b, dtype=torch.float32) for b in token_boxes],
+            "token_corners": [torch.tensor(b, dtype=torch.float32) for b in corners]}
 
 
 def test_trace_evaluator_maps_frames_and_averages_tokens_then_images(tmp_path):
-    evaluator = TraceEvaluator("ln_test", output_dir=str(tmp_path))
+    evaluator = TraceEvaluator("ln_test", output_dir=str(tmp_path), protocol="all_narratives")
     evaluator.reset()
     # Image 1: original 200 x 100, resized 100 x 50 (GT token boxes in resized pixels, predictions in original).
     # Token 0: no target. Token 1: GT resized (10, 10, 30, 20) = original (20, 20, 60, 40); prediction exact but
@@ -53,6 +58,27 @@ def test_trace_evaluator_maps_frames_and_averages_tokens_then_images(tmp_path):
     results = evaluator.evaluate()
     assert results == {"point_l1": pytest.approx((0.03125 + 0.05) / 2)}
     assert (tmp_path / "predictions.json").exists() and (tmp_path / "groundtruth.json").exists()
+
+
+@pytest.mark.parametrize("protocol, expected", [
+    # official: the raw corner (-10, 0) is 10 px (1.0 of the width) from the GT corner (0, 0): point error
+    # (1.0 + 0) / 2 = 0.5, the other corner exact: token error 0.25; the image without a located token counts 0
+    ("official", (0.25 + 0.0) / 2),
+    # ours: the drawn box, clipped to the image (0, 0, 5, 5), is exact; the empty image is left out
+    ("all_narratives", 0.0),
+])
+def test_the_official_trace_protocol_on_a_hand_computed_fixture(tmp_path, protocol, expected):
+    evaluator = TraceEvaluator("ln_test", output_dir=str(tmp_path), protocol=protocol)
+    evaluator.reset()
+    located = trace_input(1, 10, 10, (10, 10), [[[0, 0, 5, 5]]])
+    empty = trace_input(2, 10, 10, (10, 10), [[[0, 0, 0, 0]]])
+    evaluator.process([located, empty], [trace_output([[[0, 0, 5, 5]]], token_corners=[[[-10, 0, 5, 5]]]),
+                                         trace_output([[[1, 1, 2, 2]]])])
+    assert evaluator.evaluate() == {"point_l1": pytest.approx(expected)}
+    gt = json.loads((tmp_path / "groundtruth.json").read_text())
+    assert gt["trace_protocol"] == protocol  # tools/evaluate.py scores the saved files the same way
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert evaluate_predictions("trace", gt, preds) == {"point_l1": pytest.approx(expected)}
 
 
 def test_trace_prediction_for_unknown_narrative_is_an_error():

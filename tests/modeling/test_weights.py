@@ -39,7 +39,8 @@ def test_sam_checkpoint_round_trip(tmp_path):
     sam = upstream_sam()
     path = str(tmp_path / "sam_tiny.pth")
     torch.save(sam.state_dict(), path)
-    model = build_model(tiny_cfg("MODEL.PIXELLLM.SAM.CHECKPOINT", path)).eval()
+    # eager attention, as segment_anything's: bit-identical (SDPA == eager is tested in test_precision_attention.py)
+    model = build_model(tiny_cfg("MODEL.PIXELLLM.SAM.CHECKPOINT", path, "MODEL.PIXELLLM.ATTENTION", "eager")).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(model.backbone.sam(x), sam.image_encoder(x))
@@ -53,14 +54,37 @@ def test_sam_checkpoint_round_trip(tmp_path):
         assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
-def test_sam_checkpoint_at_another_resolution_is_resized(tmp_path):
-    sam = upstream_sam(img_size=128)  # as SAM's 1024 px checkpoints are loaded at 384 px
+def _jax_resize_weights(n_in: int, n_out: int, kernel) -> torch.Tensor:
+    """(n_out, n_in) weights of jax.image.resize (antialias=True, the default): the kernel centred on each output
+    sample, widened by n_in / n_out when downsampling, normalised to sum 1."""
+    scale = n_out / n_in
+    widen = max(1.0 / scale, 1.0)
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        centre = (i + 0.5) / scale - 0.5
+        for j in range(n_in):
+            w[i, j] = kernel((j - centre) / widen)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+def _keys_cubic(t, a=-0.5):  # jax.image's "cubic"
+    t = abs(t)
+    return (a + 2) * t**3 - (a + 3) * t**2 + 1 if t <= 1 else a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
+
+def test_sam_checkpoint_at_another_resolution_is_resized_as_the_official(tmp_path):
+    sam = upstream_sam(img_size=128)  # as SAM's 1024 px checkpoints are used at 384 px
     path = str(tmp_path / "sam_128.pth")
     torch.save(sam.state_dict(), path)
     model = build_model(tiny_cfg("MODEL.PIXELLLM.SAM.CHECKPOINT", path)).eval()
     enc = model.backbone.sam
-    want = torch.nn.functional.interpolate(sam.image_encoder.pos_embed.permute(0, 3, 1, 2), size=(4, 4), mode="bicubic", align_corners=False)
-    assert torch.allclose(enc.pos_embed, want.permute(0, 2, 3, 1))
+    # the official resizes at run time with jax.image.resize: bicubic 8 -> 4 for pos_embed, linear 15 -> 7 for rel-pos
+    wb = _jax_resize_weights(8, 4, _keys_cubic)
+    want = torch.einsum("ij,bjkc,lk->bilc", wb, sam.image_encoder.pos_embed.double(), wb)
+    torch.testing.assert_close(enc.pos_embed.double(), want, rtol=0, atol=1e-6)
+    wl = _jax_resize_weights(15, 7, lambda t: max(0.0, 1 - abs(t)))
+    torch.testing.assert_close(enc.blocks[1].attn.rel_pos_h.double(), wl @ sam.image_encoder.blocks[1].attn.rel_pos_h.double(),
+                               rtol=0, atol=1e-6)
     assert enc.blocks[1].attn.rel_pos_h.shape == (7, 16)  # global block: 2 * 4 - 1 positions
     assert torch.equal(enc.blocks[0].attn.rel_pos_h, sam.image_encoder.blocks[0].attn.rel_pos_h)  # windowed: unchanged
     assert enc(torch.randn(1, 3, 64, 64)).shape == (1, 32, 4, 4)

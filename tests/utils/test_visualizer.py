@@ -103,9 +103,12 @@ def test_refer_and_region_outputs_draw_boxes_and_points():
         "pred_masks": mask, "mask_scores": torch.tensor([0.9]),
     }
     vis = Visualizer(img)
+    # the mask colour is the palette's farthest from the object's own (light grey here: maroon)
+    color = Visualizer(img).contrasting_color(mask[0])
+    assert color == max(PALETTE, key=lambda c: np.linalg.norm(np.array(c) - 200.0)) == (128, 0, 0)
     out = vis.draw_outputs(refer, texts=["the red circle"])
-    assert tuple(out[150, 50]) == PALETTE[0] and tuple(out[200, 100]) == PALETTE[0]  # box edges
-    inside = np.round(0.55 * 200 + 0.45 * np.array(PALETTE[0])).astype(np.uint8)
+    assert tuple(out[150, 50]) == color and tuple(out[200, 100]) == color  # box edges
+    inside = np.round(0.55 * 200 + 0.45 * np.array(color)).astype(np.uint8)
     assert tuple(out[150, 100]) == tuple(inside)
     region = {
         "task": "region", "captions": ["one", "two"], "pred_boxes": torch.tensor([[10.0, 10.0, 100.0, 100.0], [300.0, 200.0, 500.0, 390.0]]),
@@ -151,3 +154,18 @@ def test_save_image_round_trips(tmp_path):
     save_image(path, img)
     assert np.array_equal(cv2.imread(path)[:, :, ::-1], img)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"]  # no temporary file left behind
+
+
+def test_mask_colour_contrasts_with_its_object_and_labels_do_not_collide():
+    img = np.zeros((300, 300, 3), np.uint8)
+    img[50:150, 50:150] = (60, 180, 75)  # a green object: a green mask would vanish on it
+    mask = np.zeros((300, 300), bool)
+    mask[50:150, 50:150] = True
+    vis = Visualizer(img)
+    color = vis.contrasting_color(mask)
+    assert np.linalg.norm(np.array(color) - (60, 180, 75)) > 200 and color != PALETTE[1]
+    assert vis.contrasting_color(mask, used=[color]) != color
+    for _ in range(3):  # the same anchor three times: each label lands below the previous one
+        vis.draw_text("label", (10, 30), PALETTE[0])
+    boxes = vis._labels
+    assert len(boxes) == 3 and all(a[3] <= b[1] for a, b in zip(boxes, boxes[1:]))

@@ -3,6 +3,7 @@
 Expected layout (see datasets/README.md for where each file comes from):
     coco/{train2014,train2017,val2017}/                 COCO images
     coco/annotations/captions_{train,val}2017.json      COCO captions (also the image sizes of LN-COCO)
+    coco/dataset_coco.json                              COCO captions in the Karpathy split (train2014 / val2014 images)
     localized_narratives/coco_{train,val}_localized_narratives*.jsonl
     refcoco/{refs(unc).p,instances.json}, refcoco+/{refs(unc).p,instances.json}, refcocog/{refs(umd).p,instances.json}
     vg/{train.json,test.json,images/}                    GRiT-style json (datasets/prepare_vg.py)
@@ -13,6 +14,7 @@ from typing import Optional
 
 from ..catalog import DatasetCatalog, MetadataCatalog
 from .coco_captions import register_coco_captions
+from .coco_karpathy import register_coco_karpathy
 from .localized_narratives import register_ln_jsonl
 from .refcoco import register_refcoco
 from .shapes import SPLITS, ensure_shapes, shapes_files, shapes_sizes
@@ -72,6 +74,11 @@ def register_all_builtin(root: str) -> None:
         json_file = os.path.join(vg, f"{split}.json")
         register_vg_json(f"vg_{split}", json_file, os.path.join(vg, "images"), task="densecap")
         register_vg_json(f"vg_loca_{split}", json_file, os.path.join(vg, "images"), task="region")
+    # The official caption data: Karpathy train + restval for training, val for evaluation (and test).
+    karpathy = os.path.join(coco, "dataset_coco.json")
+    register_coco_karpathy("coco_karpathy_train", karpathy, coco, ("train", "restval"))
+    register_coco_karpathy("coco_karpathy_val", karpathy, coco, ("val",))
+    register_coco_karpathy("coco_karpathy_test", karpathy, coco, ("test",))
     for split in ("train", "val"):
         register_coco_captions(
             f"coco_captions_{split}",

@@ -29,7 +29,8 @@ class DualViTBackbone(nn.Module):
         image_size: side of the square padded input, pixels.
         sam_pixel_mean, sam_pixel_std: SAM normalisation (RGB, 0-255).
         eva02_pixel_mean, eva02_pixel_std: EVA02 (CLIP) normalisation (RGB, 0-255).
-        interpolation: how maps are resized to the common grid.
+        interpolation: how maps are resized to the common grid ("bicubic" / "bilinear" antialiased, as the
+            official jax.image.resize; or "nearest").
         freeze_sam, freeze_eva02: set requires_grad=False on the encoder's parameters.
     """
 
@@ -86,11 +87,13 @@ class DualViTBackbone(nn.Module):
             depth=s.DEPTH,
             num_heads=s.NUM_HEADS,
             global_attn_indexes=s.GLOBAL_ATTN_INDEXES,
+            drop_path=s.DROP_PATH,
         )
         eva = None
         if e.ENABLED:
             overrides = dict(embed_dim=e.EMBED_DIM, depth=e.DEPTH, num_heads=e.NUM_HEADS, patch_size=e.PATCH_SIZE)
-            eva = EVA02Encoder(e.NAME, size, overrides, drop_path=e.DROP_PATH)
+            eva = EVA02Encoder(e.NAME, size, overrides, drop_path=e.DROP_PATH, rope=e.ROPE,
+                               grad_checkpointing=e.GRAD_CHECKPOINTING)
         return dict(
             sam_encoder=sam,
             eva02=eva,
@@ -131,7 +134,8 @@ class DualViTBackbone(nn.Module):
         if self.eva02 is not None:
             maps.append(self.eva02(self._normalise(images, valid, self.eva02_pixel_mean, self.eva02_pixel_std)))
         resized = [
-            m if tuple(m.shape[-2:]) == self.grid else F.interpolate(m, size=self.grid, mode=self.interpolation, align_corners=False)
+            m if tuple(m.shape[-2:]) == self.grid else F.interpolate(m, size=self.grid, mode=self.interpolation, align_corners=False,
+                                                                     antialias=self.interpolation in ("bilinear", "bicubic"))
             for m in maps
         ]
         # EVA02 channels first, then SAM: the official key order "git_visual_features+sam_visual_features".

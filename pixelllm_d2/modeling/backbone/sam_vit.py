@@ -10,9 +10,11 @@ from typing import Dict, List
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT
+from segment_anything.modeling.image_encoder import Block, window_partition, window_unpartition
+from timm.layers import DropPath
 from torch import nn
 
-__all__ = ["SAM_ENCODER_SIZES", "build_sam_image_encoder", "resize_sam_encoder_state_dict"]
+__all__ = ["SAM_ENCODER_SIZES", "DropPathBlock", "add_drop_path", "build_sam_image_encoder", "resize_sam_encoder_state_dict"]
 
 # width, depth, heads, global-attention blocks (segment_anything/build_sam.py), plus a CPU-sized "tiny".
 SAM_ENCODER_SIZES: Dict[str, dict] = {
@@ -21,6 +23,33 @@ SAM_ENCODER_SIZES: Dict[str, dict] = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11]),
     "tiny": dict(embed_dim=96, depth=2, num_heads=2, global_attn_indexes=[1]),
 }
+
+
+class DropPathBlock(Block):
+    """segment_anything's ViT `Block` with stochastic depth on both residual branches, per sample (the official
+    SAM encoder's, active in training even while SAM is frozen; nothing changes in evaluation or at rate 0)."""
+
+    drop_path: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+        x = self.attn(x)
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, pad_hw, (h, w))
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def add_drop_path(encoder: ImageEncoderViT, rate: float) -> None:
+    """Give block i of `encoder` drop-path rate `rate * i / (depth - 1)` (official: rising linearly to 0.5)."""
+    depth = len(encoder.blocks)
+    for i, block in enumerate(encoder.blocks):
+        block.__class__ = DropPathBlock  # the same parameters; forward with drop-path
+        block.drop_path = DropPath(rate * i / max(depth - 1, 1))
 
 
 def build_sam_image_encoder(
@@ -33,9 +62,11 @@ def build_sam_image_encoder(
     depth: int = 0,
     num_heads: int = 0,
     global_attn_indexes: List[int] = (),
+    drop_path: float = 0.0,
 ) -> ImageEncoderViT:
     """segment_anything's `ImageEncoderViT` of a named size (or "custom" with the explicit arguments) built for
-    `img_size` x `img_size` inputs. Output: (B, out_chans, img_size / patch_size, img_size / patch_size)."""
+    `img_size` x `img_size` inputs, with stochastic depth rising linearly over the blocks to `drop_path` in training.
+    Output: (B, out_chans, img_size / patch_size, img_size / patch_size)."""
     if size == "custom":
         arch = dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads, global_attn_indexes=list(global_attn_indexes))
         if min(embed_dim, depth, num_heads) <= 0:
@@ -46,7 +77,9 @@ def build_sam_image_encoder(
         raise ValueError(f"unknown SAM encoder size {size!r}; choose one of {sorted(SAM_ENCODER_SIZES)} or 'custom'")
     if img_size % patch_size:
         raise ValueError(f"SAM input size {img_size} is not a multiple of the patch size {patch_size}")
-    return ImageEncoderViT(
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"SAM drop-path rate must be in [0, 1), got {drop_path}")
+    encoder = ImageEncoderViT(
         img_size=img_size,
         patch_size=patch_size,
         mlp_ratio=4,
@@ -57,12 +90,16 @@ def build_sam_image_encoder(
         out_chans=out_chans,
         **arch,
     )
+    add_drop_path(encoder, drop_path)
+    return encoder
 
 
 def _resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
-    # Linear interpolation of a (2S-1, C) relative-position table, as SAM's get_rel_pos does at run time.
-    out = F.interpolate(rel_pos.t().unsqueeze(0).float(), size=length, mode="linear", align_corners=False)
-    return out[0].t().to(rel_pos.dtype)
+    # Linear interpolation of a (2S-1, C) relative-position table along its first axis, antialiased as the official
+    # run-time `jax.image.resize(..., 'linear')` (SAM's own get_rel_pos does not antialias).
+    out = F.interpolate(rel_pos[None, None].float(), size=(length, rel_pos.shape[1]), mode="bilinear", align_corners=False,
+                        antialias=True)
+    return out[0, 0].to(rel_pos.dtype)
 
 
 def resize_sam_encoder_state_dict(state_dict: Dict[str, torch.Tensor], encoder: ImageEncoderViT) -> Dict[str, torch.Tensor]:
@@ -76,7 +113,8 @@ def resize_sam_encoder_state_dict(state_dict: Dict[str, torch.Tensor], encoder: 
         want = target[key].shape
         if key == "pos_embed":
             grid = value.permute(0, 3, 1, 2).float()
-            grid = F.interpolate(grid, size=want[1:3], mode="bicubic", align_corners=False)
+            # antialiased bicubic: the official jax.image.resize's kernel (Keys a = -0.5, antialiased downsampling)
+            grid = F.interpolate(grid, size=want[1:3], mode="bicubic", align_corners=False, antialias=True)
             out[key] = grid.permute(0, 2, 3, 1).to(value.dtype)
         elif key.endswith(("rel_pos_h", "rel_pos_w")) and value.shape[1] == want[1]:
             out[key] = _resize_rel_pos(value, want[0])

@@ -50,42 +50,45 @@ def generate(
     use_cache: bool = True,
     pad_id: int = 0,
     eos_id: int = 1,
+    bos_id: int = None,
     vocab_limit: int = 0,
 ) -> Generated:
     """Decode every row of `enc_hidden` in one batch.
 
     Args:
         lm: a language model with `decode(enc_hidden, enc_mask, decoder_input_ids, cache)` and `new_cache()`
-            (see T5PrefixLM).
+            (modeling/language/base.py).
         enc_hidden: (Q, L, d) encoder states; enc_mask: (Q, L).
         feature_fn: (hidden (N, d), query_index (N,)) -> (N, F), applied to the state where a token is the input.
         max_len: maximum generated tokens, EOS included.
         num_beams: 1 = greedy; > 1 = beam search with length penalty ((5 + L) / 6) ** length_penalty.
         no_immediate_repeat: greedy only: the previous token cannot be emitted again (GRiT's trick).
         use_cache: KV cache (True) or full recomputation each step (the official scheme).
+        pad_id, eos_id, bos_id: the tokenizer's ids; decoding starts from BOS (None: pad, T5's start token).
         vocab_limit: ids >= this are never generated (the model's vocabulary is padded past the tokenizer's).
     """
+    bos_id = pad_id if bos_id is None else bos_id
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     def step(inputs, cache):
         h, logits, cache = _step(lm, enc_hidden_k, enc_mask_k, inputs, cache)
         if vocab_limit:
             logits[:, vocab_limit:] = float("-inf")
-        logits[:, pad_id] = float("-inf")  # pad is the start token, never an output
+        logits[:, [pad_id, bos_id]] = float("-inf")  # never outputs
         return h, logits, cache
 
     if num_beams > 1:
         enc_hidden_k = enc_hidden.repeat_interleave(num_beams, dim=0)
         enc_mask_k = enc_mask.repeat_interleave(num_beams, dim=0)
-        return _beam_search(lm, step, enc_hidden.shape[0], enc_hidden.device, feature_fn, max_len, num_beams, length_penalty, use_cache, pad_id, eos_id)
+        return _beam_search(lm, step, enc_hidden.shape[0], enc_hidden.device, feature_fn, max_len, num_beams, length_penalty, use_cache, pad_id, eos_id, bos_id)
     enc_hidden_k, enc_mask_k = enc_hidden, enc_mask
-    return _greedy(lm, step, enc_hidden.shape[0], enc_hidden.device, feature_fn, max_len, no_immediate_repeat, use_cache, pad_id, eos_id)
+    return _greedy(lm, step, enc_hidden.shape[0], enc_hidden.device, feature_fn, max_len, no_immediate_repeat, use_cache, pad_id, eos_id, bos_id)
 
 
-def _greedy(lm, step_fn, q, dev, feature_fn, max_len, no_immediate_repeat, use_cache, pad_id, eos_id):
+def _greedy(lm, step_fn, q, dev, feature_fn, max_len, no_immediate_repeat, use_cache, pad_id, eos_id, bos_id):
     qidx = torch.arange(q, device=dev)
     cache = lm.new_cache() if use_cache else None
-    inputs = torch.full((q, 1), pad_id, dtype=torch.long, device=dev)  # BOS = pad for T5
+    inputs = torch.full((q, 1), bos_id, dtype=torch.long, device=dev)
     done = torch.zeros(q, dtype=torch.bool, device=dev)
     logp_sum = torch.zeros(q, device=dev)
     count = torch.zeros(q, device=dev)
@@ -131,7 +134,7 @@ def _stack_features(feats, tokens, width, eos_id, pad_id):
     return features * keep[..., None].to(features.dtype)
 
 
-def _beam_search(lm, step_fn, q, dev, feature_fn, max_len, k, alpha, use_cache, pad_id, eos_id):
+def _beam_search(lm, step_fn, q, dev, feature_fn, max_len, k, alpha, use_cache, pad_id, eos_id, bos_id):
     n = q * k
     qidx = torch.arange(q, device=dev).repeat_interleave(k)
     cache = lm.new_cache() if use_cache else None
@@ -140,7 +143,7 @@ def _beam_search(lm, step_fn, q, dev, feature_fn, max_len, k, alpha, use_cache, 
     def lp(length):
         return ((5.0 + length) / 6.0) ** alpha
 
-    inputs = torch.full((n, 1), pad_id, dtype=torch.long, device=dev)
+    inputs = torch.full((n, 1), bos_id, dtype=torch.long, device=dev)
     alive_scores = torch.full((q, k), neg_inf, device=dev)
     alive_scores[:, 0] = 0.0  # only one distinct beam at the start
     alive_feats = None  # (n, t, F)

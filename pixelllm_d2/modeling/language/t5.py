@@ -15,8 +15,8 @@ from torch import nn
 
 from ...config import configurable
 from ..build import LANGUAGE_MODEL_REGISTRY
-from ..losses import text_loss
-from ..weights import load_state_dict_file, load_t5_folder_state_dict
+from ..weights import load_hf_folder_state_dict, load_state_dict_file
+from .base import PrefixLM
 
 __all__ = ["T5PrefixLM", "T5_PRESETS", "build_t5_config"]
 
@@ -70,7 +70,7 @@ def _cache_kwarg(stack: nn.Module) -> str:
 
 
 @LANGUAGE_MODEL_REGISTRY.register()
-class T5PrefixLM(nn.Module):
+class T5PrefixLM(PrefixLM):
     """
     Args:
         t5_config: a transformers `T5Config` (the model is built from it; weights come from `weights`).
@@ -80,6 +80,8 @@ class T5PrefixLM(nn.Module):
         lora_rank, lora_alpha, lora_dropout, lora_target_modules: LoRA settings (rank 0 disables LoRA).
         adapter: a saved PEFT adapter folder `load_weights()` reads ("" = none).
         text_weight, label_smoothing: the text loss (`losses`): weight and GRiT-style label smoothing.
+        grad_checkpointing: recompute each T5 block's activations in the backward pass (transformers' gradient
+            checkpointing, non-reentrant so that a frozen base with LoRA gets its gradients).
     """
 
     @configurable
@@ -97,17 +99,20 @@ class T5PrefixLM(nn.Module):
         adapter: str = "",
         text_weight: float = 1.0,
         label_smoothing: float = 0.1,
+        grad_checkpointing: bool = False,
     ):
-        super().__init__()
-        if text_weight < 0 or not 0 <= label_smoothing < 1:
-            raise ValueError(f"text_weight must be >= 0 and label_smoothing in [0, 1), got {text_weight}, {label_smoothing}")
-        self.text_weight = text_weight
-        self.label_smoothing = label_smoothing
+        super().__init__(text_weight, label_smoothing)
         from transformers import T5ForConditionalGeneration
 
         self.weights = weights
         self.adapter = adapter
         base = T5ForConditionalGeneration(t5_config)
+        if grad_checkpointing:
+            kwargs = {"use_reentrant": False}
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if freeze:
             for p in base.parameters():
                 p.requires_grad_(False)
@@ -154,6 +159,7 @@ class T5PrefixLM(nn.Module):
             adapter=lang.LORA.ADAPTER,
             text_weight=cfg.MODEL.PIXELLLM.LOSS.TEXT_WEIGHT,
             label_smoothing=cfg.MODEL.PIXELLLM.LOSS.LABEL_SMOOTHING,
+            grad_checkpointing=lang.GRAD_CHECKPOINTING,
         )
 
     @property
@@ -173,7 +179,7 @@ class T5PrefixLM(nn.Module):
         """Load HF T5 weights (model.safetensors, sharded safetensors or pytorch_model.bin) from a local folder into
         the base model; LoRA-wrapped layers receive the base weights. Missing / unexpected keys are logged by name;
         a shape mismatch is an error."""
-        state = load_t5_folder_state_dict(folder)
+        state = load_hf_folder_state_dict(folder)
         base = self.base
         own = base.state_dict()
         mapped = {}
@@ -240,18 +246,6 @@ class T5PrefixLM(nn.Module):
         if not self.lora_enabled:
             raise ValueError("LoRA is disabled: no adapter to save")
         self.t5.save_pretrained(folder)
-
-    def losses(self, logits: torch.Tensor, target_ids: torch.Tensor, rows: torch.Tensor, share: float, pad_id: int,
-               eos_id: int) -> Dict[str, torch.Tensor]:
-        """{"loss_text"}: the weighted, label-smoothed cross-entropy of the `rows` (Q,) bool that carry a text loss,
-        times `share` (the batch share of their tasks' images); {} when no row does.
-
-        Args:
-            logits: (Q, T, V) decoder logits; target_ids: (Q, T) int64 padded with `pad_id`.
-        """
-        if not rows.any():
-            return {}
-        return {"loss_text": self.text_weight * share * text_loss(logits, target_ids, rows, self.label_smoothing, pad_id, eos_id)}
 
     # ------------------------------------------------------------------------------------------------ forward
     def embed_context(self, context_ids: torch.Tensor) -> torch.Tensor:

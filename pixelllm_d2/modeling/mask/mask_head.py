@@ -62,6 +62,7 @@ class SAMMaskHead(nn.Module):
         train_box_noise: with "gt", Gaussian noise on each corner, std this fraction of the box side (<= 20 px).
         train_max_queries: at most this many expressions of a batch train the head, drawn with torch's RNG (0: all).
         focal_weight, dice_weight, iou_weight: loss weights (SAM's recipe, official: 20, 1, 1).
+        focal_alpha: alpha of the focal loss (official 0.5, SAM's 0.25).
     """
 
     @configurable
@@ -83,6 +84,7 @@ class SAMMaskHead(nn.Module):
         focal_weight: float = 20.0,
         dice_weight: float = 1.0,
         iou_weight: float = 1.0,
+        focal_alpha: float = 0.5,
     ):
         super().__init__()
         if train_prompt not in ("pred", "gt"):
@@ -96,7 +98,10 @@ class SAMMaskHead(nn.Module):
         self.train_prompt = train_prompt
         self.train_box_noise = train_box_noise
         self.train_max_queries = train_max_queries
+        if not 0.0 <= focal_alpha <= 1.0:
+            raise ValueError(f"mask focal alpha (LOSS.MASK_FOCAL_ALPHA) must be in [0, 1], got {focal_alpha}")
         self.weights = dict(focal=focal_weight, dice=dice_weight, iou=iou_weight)
+        self.focal_alpha = focal_alpha
         # SAM's own decoder configuration (segment_anything/build_sam.py); for a custom (tiny) SAM width the MLP
         # keeps SAM's 8x ratio.
         self.decoder = MaskDecoder(
@@ -130,6 +135,7 @@ class SAMMaskHead(nn.Module):
             focal_weight=loss.MASK_FOCAL_WEIGHT,
             dice_weight=loss.MASK_DICE_WEIGHT,
             iou_weight=loss.MASK_IOU_WEIGHT,
+            focal_alpha=loss.MASK_FOCAL_ALPHA,
         )
 
     def forward(
@@ -226,5 +232,5 @@ class SAMMaskHead(nn.Module):
             h, w = gt_masks[k].shape
             gt[j, :h, :w] = gt_masks[k]
             valid[j, :h, :w] = True
-        parts = mask_losses(logits, iou, gt, valid)
+        parts = mask_losses(logits, iou, gt, valid, self.focal_alpha)
         return {f"loss_mask_{k}": self.weights[k] * share * v for k, v in parts.items()}

@@ -18,6 +18,8 @@ from ..language.decoding import generate
 from ..mask.mask_head import SAMMaskHead
 from ..prompt.prompt_encoder import SAMPromptEncoder
 from ..prompt.visual_tokens import encode_boxes, encode_prompts
+from ..attention import set_attention
+from ..precision import autocast_in_eval, cast_frozen, check_frozen_dtype, parse_dtype
 from ..weights import load_eva02_checkpoint, load_sam_checkpoint
 from .densecap import densecap_inference, densecap_losses
 from .inputs import ImageFeatures, gather_queries, pad_images
@@ -35,7 +37,7 @@ class PixelLLM(nn.Module):
     Args:
         backbone: image encoder returning {"fused": (B, C, H, W), "sam": (B, 256, Hs, Ws)} (DualViTBackbone).
         prompt_encoder: SAMPromptEncoder. prompt_extractor: TwoWayPromptExtractor (visual tokens per prompt).
-        language: T5PrefixLM (owns the text loss).
+        language: a `PrefixLM` (T5PrefixLM, GITDecoderLM; owns the text loss).
         location_head: a `LocationHead` (MLPLocationHead, MapAttentionLocationHead; owns the location losses).
         mask_head: SAMMaskHead (owns the mask losses) or None.
         proposal_generator, roi_heads: the dense-captioning detector (own their losses), or None.
@@ -46,6 +48,9 @@ class PixelLLM(nn.Module):
         decode: {"method": "greedy"|"beam", "num_beams", "length_penalty", "max_len", "no_immediate_repeat"}.
         sam_checkpoint, eva02_checkpoint: component weights loaded by `load_component_weights()`.
         trainable_only: if given, only parameters whose names start with one of these prefixes train.
+        attention: "sdpa" or "eager" for every attention of the model (`modeling.attention.set_attention`).
+        frozen_dtype: dtype of the frozen parameters (None: leave them float32); needs autocast (`precision`).
+        test_amp_dtype: inference (eval mode) runs under autocast to this dtype; None: no autocast.
     """
 
     @configurable
@@ -54,7 +59,8 @@ class PixelLLM(nn.Module):
                  proposal_generator: Optional[nn.Module] = None, roi_heads: Optional[nn.Module] = None,
                  tokenizer: str = "", image_size: int = 384, prompts: Dict[str, str] = None, max_context_len: int = 32,
                  max_text_len: int = 40, decode: Dict = None, sam_checkpoint: str = "", eva02_checkpoint: str = "",
-                 trainable_only: Tuple[str, ...] = ()):
+                 trainable_only: Tuple[str, ...] = (), attention: str = "sdpa", frozen_dtype: Optional[torch.dtype] = None,
+                 test_amp_dtype: Optional[torch.dtype] = None):
         super().__init__()
         self.backbone, self.prompt_encoder, self.prompt_extractor = backbone, prompt_encoder, prompt_extractor
         self.language, self.location_head, self.mask_head = language, location_head, mask_head
@@ -71,6 +77,9 @@ class PixelLLM(nn.Module):
             for name, p in self.named_parameters():
                 if not name.startswith(tuple(trainable_only)):
                     p.requires_grad_(False)
+        set_attention(self, attention)
+        self.frozen_dtype, self.test_amp_dtype = frozen_dtype, test_amp_dtype
+        cast_frozen(self, frozen_dtype)
 
     @classmethod
     def from_config(cls, cfg):
@@ -100,6 +109,9 @@ class PixelLLM(nn.Module):
             sam_checkpoint=p.SAM.CHECKPOINT,
             eva02_checkpoint=p.EVA02.CHECKPOINT if p.EVA02.ENABLED else "",
             trainable_only=tuple(p.TRAINABLE_ONLY),
+            attention=p.ATTENTION,
+            frozen_dtype=check_frozen_dtype(cfg),
+            test_amp_dtype=parse_dtype(cfg.TEST.AMP.DTYPE, "TEST.AMP.DTYPE") if cfg.TEST.AMP.ENABLED else None,
         )
 
     # ------------------------------------------------------------------------------------------------ set-up
@@ -125,6 +137,7 @@ class PixelLLM(nn.Module):
         if self.eva02_checkpoint:
             load_eva02_checkpoint(self.eva02_checkpoint, self.backbone.eva02.model)
         self.language.load_weights()
+        cast_frozen(self, self.frozen_dtype)  # a loaded untied T5 head arrives as a new float32 parameter
 
     def context_ids(self, task: str, n: int) -> torch.Tensor:
         """(n, C) the tokenised context prompt of `task` (`Task.prompt`), repeated."""
@@ -134,6 +147,7 @@ class PixelLLM(nn.Module):
         return self._context_cache[task].to(self.device).expand(n, -1)
 
     # ------------------------------------------------------------------------------------------- public API
+    @autocast_in_eval
     def encode_images(self, batched_inputs: List[Dict]) -> ImageFeatures:
         """Pad the inputs' images and run the backbone once: what every prompt on these images reuses."""
         images, sizes = pad_images(batched_inputs, self.image_size, self.device)
@@ -148,6 +162,7 @@ class PixelLLM(nn.Module):
         tok = self.tokenizer
         return gather_queries(batched_inputs, self.device, tok.pad_id, tok.eos_id, require_targets)
 
+    @autocast_in_eval
     def generate(self, features: ImageFeatures, q: Queries, decode: Optional[Dict] = None,
                  visual: Optional[torch.Tensor] = None) -> List[Dict]:
         """Caption the queries' prompts (KV-cached decoding; the location of every generated token is read from
@@ -159,6 +174,7 @@ class PixelLLM(nn.Module):
         dec = check_decode_options(dict(self.decode_cfg, **(decode or {})))
         return self.decode_captions(enc_h, enc_m, q.image_wh, dec, image_map=features.fused, image_index=q.image_index)
 
+    @autocast_in_eval
     def ground(self, features: ImageFeatures, q: Queries) -> List[Dict]:
         """Read the queries' given text (`target_ids`) teacher-forced: every token's location, the box at the last
         word (and its mask) for tasks answered there. Returns per query {"token_ids", "token_corners", "score" 1.0,
@@ -167,7 +183,7 @@ class PixelLLM(nn.Module):
         q = q.trimmed()
         tok = self.tokenizer
         enc_h, enc_m = self.language.encode(visual, q.context_ids, tok.pad_id)
-        dec_in = F.pad(q.target_ids[:, :-1], (1, 0), value=tok.pad_id)  # BOS = the pad id (T5)
+        dec_in = self.decoder_inputs(q.target_ids)
         hidden, _, _ = self.language.decode(enc_h, enc_m, dec_in)
         corners = self.location_head.locate(hidden, q.image_wh, features.fused, q.image_index)
         lengths = ((q.target_ids != tok.eos_id) & (q.target_ids != tok.pad_id)).sum(dim=1)
@@ -198,7 +214,7 @@ class PixelLLM(nn.Module):
         gen = generate(self.language, enc_h, enc_m, feature_fn, max_len=dec["max_len"],
                        num_beams=dec["num_beams"] if dec["method"] == "beam" else 1, length_penalty=dec["length_penalty"],
                        no_immediate_repeat=dec["no_immediate_repeat"], use_cache=use_cache, pad_id=tok.pad_id,
-                       eos_id=tok.eos_id, vocab_limit=len(tok))
+                       eos_id=tok.eos_id, bos_id=tok.bos_id, vocab_limit=len(tok))
         outs = []
         for k in range(gen.tokens.shape[0]):
             ids = gen.tokens[k]
@@ -233,7 +249,7 @@ class PixelLLM(nn.Module):
         q = q.trimmed()
         tok = self.tokenizer
         enc_h, enc_m = self.language.encode(visual, q.context_ids, tok.pad_id)
-        dec_in = F.pad(q.target_ids[:, :-1], (1, 0), value=tok.pad_id)  # BOS = the pad id (T5)
+        dec_in = self.decoder_inputs(q.target_ids)
         hidden, logits, _ = self.language.decode(enc_h, enc_m, dec_in)
         losses.update(self.language.losses(logits, q.target_ids, q.flag("text_loss"), share(lambda t: t.text_loss), tok.pad_id, tok.eos_id))
         corners, cell_logits = self.location_head.locate(hidden, q.image_wh, features.fused, q.image_index, return_logits=True)
@@ -249,6 +265,10 @@ class PixelLLM(nn.Module):
             ))
         return losses
 
+    def decoder_inputs(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """(Q, T) teacher-forcing inputs of (Q, T) targets: BOS, then the targets shifted right by one."""
+        return F.pad(target_ids[:, :-1], (1, 0), value=self.tokenizer.bos_id)
+
     def _text_mask(self, dec_in: torch.Tensor) -> torch.Tensor:
         # (Q, T) True at the decoder inputs that are text (BOS included), False at padding
         mask = torch.ones_like(dec_in, dtype=torch.bool)
@@ -256,6 +276,7 @@ class PixelLLM(nn.Module):
         return mask
 
     # ------------------------------------------------------------------------------------------- inference
+    @autocast_in_eval
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict], decode: Optional[Dict] = None,
                   features: Optional[ImageFeatures] = None) -> List[Dict]:

@@ -42,7 +42,7 @@ def postprocess(x: Dict, results: List[Dict], q: Optional[Queries], tokenizer, d
         b = points_to_boxes(boxes.reshape(-1, 2, 2)).reshape(boxes.shape) if boxes.numel() else boxes
         return torch.minimum((b * scale.to(b.device)).clamp(min=0), limit.to(b.device))
 
-    out = dict(captions=[], token_ids=[], token_boxes=[], words=[], word_boxes=[], word_points=[])
+    out = dict(captions=[], token_ids=[], token_boxes=[], token_corners=[], words=[], word_boxes=[], word_points=[])
     pred_boxes, scores, masks, mask_scores = [], [], [], []
     for k, r in enumerate(results):
         ids = r["token_ids"]
@@ -55,6 +55,7 @@ def postprocess(x: Dict, results: List[Dict], q: Optional[Queries], tokenizer, d
         out["captions"].append(tokenizer.decode(ids.tolist()))
         out["token_ids"].append(ids.cpu())
         out["token_boxes"].append(tboxes.cpu())
+        out["token_corners"].append((r["token_corners"].float() * scale.to(tboxes.device)).cpu())  # raw: as predicted
         out["words"].append(words)
         out["word_boxes"].append(wboxes.cpu())
         out["word_points"].append(((wboxes[:, :2] + wboxes[:, 2:]) / 2).cpu())

@@ -2,14 +2,27 @@
 tokens attend to the fused image map in SAM's TwoWayTransformer; each query token becomes one visual token for the
 language model."""
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from segment_anything.modeling import TwoWayTransformer
+from segment_anything.modeling.transformer import TwoWayAttentionBlock
 from torch import nn
 
 from ...config import configurable
 from ..build import PROMPT_EXTRACTOR_REGISTRY
 
-__all__ = ["TwoWayPromptExtractor", "PerTokenLinear"]
+__all__ = ["TwoWayPromptExtractor", "PerTokenLinear", "CheckpointedTwoWayAttentionBlock"]
+
+
+class CheckpointedTwoWayAttentionBlock(TwoWayAttentionBlock):
+    """segment_anything's `TwoWayAttentionBlock` whose activations are recomputed in the backward pass of a training
+    forward (the same parameters). The extractor runs once per prompt over the whole image map, so a dense-caption
+    batch (hundreds of proposals) keeps gigabytes of these activations at paper scale."""
+
+    def forward(self, queries, keys, query_pe, key_pe):
+        if self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(super().forward, queries, keys, query_pe, key_pe, use_reentrant=False)
+        return super().forward(queries, keys, query_pe, key_pe)
 
 
 class PerTokenLinear(nn.Module):
@@ -47,6 +60,7 @@ class TwoWayPromptExtractor(nn.Module):
             prompt of an image, and without "sparse" the transformer is not built).
         dense_grid: average-pool the dense map to dense_grid x dense_grid tokens first (0: every position, as the
             official option).
+        grad_checkpointing: recompute each transformer block's activations in the backward pass.
     """
 
     @configurable
@@ -65,6 +79,7 @@ class TwoWayPromptExtractor(nn.Module):
         fuse: str = "sparse",
         dense_source: str = "transformer",
         dense_grid: int = 0,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if fuse not in ("sparse", "dense", "sparse+dense"):
@@ -87,6 +102,9 @@ class TwoWayPromptExtractor(nn.Module):
             self.transformer = TwoWayTransformer(
                 depth=depth, embedding_dim=width, num_heads=num_heads, mlp_dim=mlp_dim, attention_downsample_rate=attn_downsample
             )
+        if grad_checkpointing and self.transformer is not None:
+            for block in self.transformer.layers:
+                block.__class__ = CheckpointedTwoWayAttentionBlock
         self.output = PerTokenLinear(num_queries, width, out_dim) if fuse != "dense" else None
         self.dense_output = nn.Linear(width, out_dim) if fuse != "sparse" else None
 
@@ -106,6 +124,7 @@ class TwoWayPromptExtractor(nn.Module):
             fuse=p.FUSE,
             dense_source=p.DENSE_SOURCE,
             dense_grid=p.DENSE_GRID,
+            grad_checkpointing=p.GRAD_CHECKPOINTING,
         )
 
     def forward(

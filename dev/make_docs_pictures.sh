@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Regenerates the pictures in docs/demo/ from the checkpoint of the README's main command
+# (output/pixelllm_tiny_shapes/model_final.pth): one per task, from docs/demo/inputs/shapes_scene.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+in=docs/demo/inputs/shapes_scene.png
+python tools/demo.py --input "$in" --output docs/demo/caption
+python tools/demo.py --input "$in" --output docs/demo/refer --task refer --text "the red circle"
+python tools/demo.py --input "$in" --output docs/demo/densecap --task densecap
+python tools/demo.py --input "$in" --output docs/demo/region --task region --box 20 20 120 110
