@@ -29,7 +29,8 @@ class _Payload:
 @pytest.fixture(scope="module")
 def bad_weights(tmp_path_factory):
     d = tmp_path_factory.mktemp("weights")
-    files = {"garbage.pth": b"this is not a checkpoint\n" * 40, "bad.safetensors": b"\x00\x01 not safetensors"}
+    files = {"garbage.pth": b"this is not a checkpoint\n" * 40, "bad.safetensors": b"\x00\x01 not safetensors",
+             "random.pth": bytes(torch.randint(0, 256, (2000,), generator=torch.Generator().manual_seed(0)).to(torch.uint8).tolist())}
     for name, data in files.items():
         (d / name).write_bytes(data)
     torch.save({"model": {"w": torch.ones(3)}}, d / "full.pth")
@@ -41,6 +42,7 @@ def bad_weights(tmp_path_factory):
 @pytest.mark.parametrize("name,message", [
     ("garbage.pth", "not a readable torch checkpoint (truncated or not a torch file)"),
     ("truncated.pth", "not a readable torch checkpoint (truncated or not a torch file)"),
+    ("random.pth", "not a readable torch checkpoint (truncated or not a torch file)"),
     ("object.pth", "holds pickled Python objects besides tensors, which are never unpickled here"),
     ("bad.safetensors", "not a readable .safetensors file"),
 ])
