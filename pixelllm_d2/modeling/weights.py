@@ -132,7 +132,7 @@ def read_torch_file(path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):  # a pickled class or function: an object, not garbage
+        if "GLOBAL" in str(e):  # a pickled class or function (allowed or blocked): an object, not garbage
             raise ValueError(
                 f"{path}: holds pickled Python objects besides tensors, which are never unpickled here "
                 f"(torch.load weights_only=True). Re-save its state dict as .safetensors or a plain tensor dict."
