@@ -171,7 +171,9 @@ def compare_densecap_decode(model, x: Dict, boxes: torch.Tensor, dec: Dict, warm
 
     device = model.device
     h, w = x["image"].shape[-2:]
-    with torch.no_grad(), _eval_autocast(model):
+    from pixelllm_d2.modeling.precision import eval_autocast
+
+    with torch.no_grad(), eval_autocast(model):
         features = model.encode_images([x])
         index = torch.zeros(len(boxes), dtype=torch.long, device=device)
         visual = model.encode_boxes(features, index, boxes)
@@ -205,15 +207,6 @@ def compare_densecap_decode(model, x: Dict, boxes: torch.Tensor, dec: Dict, warm
         "speedup": official_s / ours_s,
         "identical": bool(identical),
     }
-
-
-def _eval_autocast(model):
-    """The autocast the model's inference runs under (TEST.AMP), for benchmark code that calls its parts."""
-    import contextlib
-
-    if model.test_amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(model.device.type, dtype=model.test_amp_dtype)
 
 
 @register_task("densecap")
@@ -320,8 +313,8 @@ def _gib(device) -> float:
 def benchmark_paper(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
     """The paper-scale model with random weights (nothing is downloaded), batch 1 at INPUT.IMAGE_SIZE: one optimizer
     step each for a trace, a refer+mask and a dense-caption batch, one inference each for caption+trace, region,
-    refer+mask and densecap (each run once, timed while `FlopCounterMode` counts its FLOPs: at this scale one run is
-    minutes and the counter's per-operator cost is negligible), dense-caption decoding of `--regions` proposals both
+    refer+mask and densecap (each run once, timed while `utils.flops.count_flops` counts its FLOPs with
+    torch.utils.flop_counter's formulas: at this scale one run is minutes and the per-operator cost is negligible), dense-caption decoding of `--regions` proposals both
     ways, and the attention kernels' effect on the refer+mask inference.
 
     Returns:

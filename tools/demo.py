@@ -23,7 +23,7 @@ import time
 
 # Light imports only: --help and command-line errors answer before torch and the model load.
 from pixelllm_d2.tasks import PREDICTOR_TASKS, get_task, task_names
-from pixelllm_d2.utils.cli import add_debug_flag, debug_requested, quiet_dependency_warnings
+from pixelllm_d2.utils.cli import add_debug_flag, debug_requested, error_line, quiet_dependency_warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "pixelllm_tiny_shapes.yaml")
@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         if debug_requested(args):
             raise
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}  [--debug shows the traceback]", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     # Read and validate every input first, so a bad one is reported and the good ones still go through in batches.
     ready = []

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..modeling import build_model
 from ..modeling.build import resolve_device
 from ..utils import comm
+from ..utils.cli import default_argument_parser  # light: tools parse their command line before heavy imports
 from ..utils.env import collect_env_info, get_rng_state, seed_all_rng, set_deterministic, set_rng_state
 from ..utils.events import EventWriter, default_writers, truncate_json_metrics
 from ..utils.file_io import atomic_write
@@ -20,13 +21,11 @@ from ..utils.logger import setup_logger
 from . import fsdp, hooks
 from .checkpoint import Checkpointer, NamedOptimizerState
 from .lr_scheduler import build_lr_scheduler
-from .preflight import preflight
 from .optimizer import build_grad_clipper, build_optimizer
+from .preflight import preflight
 from .train_loop import AMPTrainer, SimpleTrainer, TrainerBase
 
 __all__ = ["default_argument_parser", "default_setup", "DefaultTrainer", "create_ddp_model", "format_metrics_table"]
-
-from ..utils.cli import default_argument_parser  # noqa: E402  (light: tools parse before heavy imports)
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """Checks run before the first iteration, so that a run does not train for hours and then fail on something that
-was knowable at the start: OUTPUT_DIR writable and not holding another run, every dataset of DATASETS.TRAIN /
-DATASETS.TEST registered and readable, and Java where evaluation will need it (METEOR, the PTB tokenizer)."""
+was knowable at the start: OUTPUT_DIR writable and not holding another run, the datasets of DATASETS.TRAIN registered
+and those of DATASETS.TEST registered and readable, and Java where evaluation will need it (METEOR, the PTB
+tokenizer). The training datasets are not read here: the training loader reads them before the first iteration, and
+reading them twice would cost start-up time (minutes of JSON for Visual Genome / Localized Narratives)."""
 import logging
 import os
 import shutil
@@ -63,7 +65,7 @@ def preflight(cfg, train: bool = True, resume: bool = False, overwrite: bool = F
 
     Args:
         cfg: the run's config.
-        train: a training run (OUTPUT_DIR must not hold another run; DATASETS.TRAIN is checked too).
+        train: a training run (OUTPUT_DIR must not hold another run; the names of DATASETS.TRAIN must be registered).
         resume, overwrite: the command line's --resume / --overwrite.
         check_datasets: read the datasets from `DatasetCatalog` (a trainer with its own loaders turns it off).
     """
@@ -73,12 +75,11 @@ def preflight(cfg, train: bool = True, resume: bool = False, overwrite: bool = F
             _run_checks(cfg, train, resume, overwrite, check_datasets)
         except (ValueError, KeyError, OSError) as e:
             failure = e
-    verdicts = comm.all_gather(None if failure is None else (type(failure).__name__, str(failure.args[0] if isinstance(failure, KeyError) and failure.args else failure)))
+    verdict = comm.all_gather(failure)[0]  # the main process's, on every process
     if failure is not None:
-        raise failure
-    if verdicts[0] is not None:
-        kind, message = verdicts[0]
-        raise {"KeyError": KeyError, "FileNotFoundError": FileNotFoundError, "PermissionError": PermissionError}.get(kind, ValueError)(message)
+        raise failure  # the original, with its traceback
+    if verdict is not None:
+        raise verdict
 
 
 def _run_checks(cfg, train: bool, resume: bool, overwrite: bool, check_datasets: bool) -> None:
@@ -88,13 +89,16 @@ def _run_checks(cfg, train: bool, resume: bool, overwrite: bool, check_datasets:
         _check_output_dir(cfg.OUTPUT_DIR)
         if train:
             _check_not_another_run(cfg.OUTPUT_DIR, resume, overwrite)
-    names = ((list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST)) if check_datasets else []
+    if check_datasets and train:
+        missing = [n for n in cfg.DATASETS.TRAIN if n not in DatasetCatalog]
+        if missing:
+            DatasetCatalog.get(missing[0])  # raises the catalog's KeyError, which lists the registered names
     sizes = {}
-    for name in dict.fromkeys(names):
+    for name in dict.fromkeys(cfg.DATASETS.TEST if check_datasets else ()):
         try:
             sizes[name] = len(DatasetCatalog.get(name))
         except KeyError as e:  # not registered: the catalog's message lists the registered names
-            raise KeyError(str(e.args[0]) if e.args else str(e)) from None
+            raise KeyError(e.args[0] if e.args else str(e)) from None
     _check_java(cfg)
-    logger.info("Preflight: OUTPUT_DIR writable, datasets readable (%s), Java %s",
+    logger.info("Preflight: OUTPUT_DIR writable, evaluation datasets readable (%s), Java %s",
                 ", ".join(f"{k}: {v} records" for k, v in sizes.items()), "found" if shutil.which("java") else "not needed")

@@ -49,6 +49,10 @@ class SDPATwoWayAttention(transformer.Attention):
         return self.out_proj(self._recombine_heads(F.scaled_dot_product_attention(q, k, v)))
 
 
+def _is_timm_attention(m: nn.Module) -> bool:
+    return hasattr(m, "fused_attn") and hasattr(m, "qkv")  # timm's Attention / EvaAttention
+
+
 _SWAPS = {
     "sdpa": {image_encoder.Attention: SDPAImageAttention, transformer.Attention: SDPATwoWayAttention},
     "eager": {SDPAImageAttention: image_encoder.Attention, SDPATwoWayAttention: transformer.Attention},
@@ -68,7 +72,7 @@ def set_attention(model: nn.Module, implementation: str) -> nn.Module:
     for m in model.modules():
         if type(m) in swaps:
             m.__class__ = swaps[type(m)]  # same parameters, other forward
-        if hasattr(m, "fused_attn") and hasattr(m, "qkv"):  # timm attention (EVA02)
+        if _is_timm_attention(m):
             m.fused_attn = implementation == "sdpa"
         config = getattr(m, "config", None)
         current = getattr(config, "_attn_implementation", None)
@@ -85,7 +89,7 @@ def attention_paths(model: nn.Module) -> Dict[str, str]:
         kind = None
         if isinstance(m, (image_encoder.Attention, transformer.Attention)):
             kind = "sdpa" if isinstance(m, (SDPAImageAttention, SDPATwoWayAttention)) else "eager"
-        elif hasattr(m, "fused_attn") and hasattr(m, "qkv"):
+        elif _is_timm_attention(m):
             kind = "sdpa" if m.fused_attn else "eager"
         elif type(m).__name__ == "T5Attention":
             kind = "sdpa" if m.config._attn_implementation == "sdpa" else m.config._attn_implementation

@@ -11,6 +11,7 @@ either way:
   (`_UpcastLinear`), so float32 compute costs no float32 copy of the frozen weights. One rounding remains:
   transformers' T5 casts its FFN activations to the weight dtype before the output projection.
 """
+import contextlib
 import functools
 from typing import Any, Optional
 
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DTYPES", "parse_dtype", "cast_frozen", "check_frozen_dtype", "autocast_in_eval", "to_float32",
+__all__ = ["DTYPES", "parse_dtype", "cast_frozen", "check_frozen_dtype", "autocast_in_eval", "eval_autocast", "to_float32",
            "FrozenLowPrecisionLinear"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -72,14 +73,13 @@ def cast_frozen(model: nn.Module, dtype: Optional[torch.dtype]) -> int:
     """
     if dtype is None:
         return 0
-    n, seen = 0, set()
+    n = 0
     for m in model.modules():
         if type(m) not in (nn.Linear, FrozenLowPrecisionLinear) or m.weight.requires_grad:
             continue
         m.__class__ = FrozenLowPrecisionLinear
         for p in (m.weight, getattr(m, "bias", None)):
-            if p is not None and not p.requires_grad and p.dtype != dtype and id(p) not in seen:
-                seen.add(id(p))
+            if p is not None and not p.requires_grad and p.dtype != dtype:  # a shared weight: cast at its first module
                 p.data = p.data.to(dtype)
                 n += p.numel()
     return n
@@ -96,16 +96,28 @@ def to_float32(obj: Any) -> Any:
     return obj
 
 
+def _eval_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    # the autocast dtype `model`'s inference adds (TEST.AMP), or None: not configured, or autocast already active
+    dtype = model.test_amp_dtype
+    return None if dtype is None or torch.is_autocast_enabled(model.device.type) else dtype
+
+
+def eval_autocast(model: nn.Module):
+    """The autocast `model`'s inference runs under (`model.test_amp_dtype` on its device), as a context manager;
+    a null context when there is none to add."""
+    dtype = _eval_dtype(model)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(model.device.type, dtype=dtype)
+
+
 def autocast_in_eval(fn):
     """Decorator for a model method: in eval mode with `self.test_amp_dtype` set, run it under autocast on the
     model's device and return its outputs in float32. Training, or an autocast already active, run it as is."""
 
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
-        dtype, device_type = self.test_amp_dtype, self.device.type
-        if self.training or dtype is None or torch.is_autocast_enabled(device_type):
+        if self.training or _eval_dtype(self) is None:
             return fn(self, *args, **kwargs)
-        with torch.autocast(device_type, dtype=dtype):
+        with eval_autocast(self):
             out = fn(self, *args, **kwargs)
         return to_float32(out)
 

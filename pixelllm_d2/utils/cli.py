@@ -8,7 +8,8 @@ import sys
 import warnings
 from typing import Callable, Optional
 
-__all__ = ["USAGE_ERRORS", "default_argument_parser", "add_debug_flag", "debug_requested", "quiet_dependency_warnings", "run_tool"]
+__all__ = ["USAGE_ERRORS", "default_argument_parser", "add_debug_flag", "debug_requested", "error_line",
+           "quiet_dependency_warnings", "run_tool"]
 
 # What bad input raises in this toolkit: ConfigError and the weights / dataset / option checks are ValueErrors.
 USAGE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
@@ -29,6 +30,14 @@ def quiet_dependency_warnings() -> None:
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|timm|torch|peft|huggingface_hub)\b")
 
 
+def error_line(e: BaseException, prog: str = "") -> str:
+    """The one line a usage error is reported as: `[<prog>: ]error: <message>  [--debug shows the traceback]` (a
+    KeyError's message without its quotes, whitespace collapsed)."""
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    message = " ".join(str(message).split()) or type(e).__name__
+    return f"{prog + ': ' if prog else ''}error: {message}  [--debug shows the traceback]"
+
+
 def run_tool(main: Callable, args, prog: str = "", errors: tuple = ()) -> object:
     """`main(args)`, with a usage error (`USAGE_ERRORS` + `errors`) reported as one line
     `<prog>: error: <message>` and exit status 2.
@@ -41,10 +50,7 @@ def run_tool(main: Callable, args, prog: str = "", errors: tuple = ()) -> object
     except USAGE_ERRORS + tuple(errors) as e:
         if debug_requested(args):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        message = " ".join(str(message).split()) or type(e).__name__
-        name = prog or os.path.basename(sys.argv[0])
-        print(f"{name}: error: {message}  [--debug shows the traceback]", file=sys.stderr, flush=True)
+        print(error_line(e, prog or os.path.basename(sys.argv[0])), file=sys.stderr, flush=True)
         sys.exit(2)
 
 
