@@ -23,6 +23,7 @@ import time
 
 # Light imports only: --help and command-line errors answer before torch and the model load.
 from pixelllm_d2.tasks import PREDICTOR_TASKS, get_task, task_names
+from pixelllm_d2.utils import demo as demo_utils
 from pixelllm_d2.utils.cli import add_debug_flag, debug_requested, error_line, quiet_dependency_warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,33 +122,11 @@ def output_stems(paths):
 def default_weights(cfg) -> str:
     """cfg.MODEL.WEIGHTS, else the newest <OUTPUT_DIR>/model_final.{pth,safetensors} (OUTPUT_DIR relative to the
     working directory, then to the repository root), else ""."""
-    if cfg.MODEL.WEIGHTS:
-        return cfg.MODEL.WEIGHTS
-    roots = [cfg.OUTPUT_DIR] if os.path.isabs(cfg.OUTPUT_DIR) else [os.path.abspath(cfg.OUTPUT_DIR), os.path.join(REPO_ROOT, cfg.OUTPUT_DIR)]
-    for root in roots:
-        found = [os.path.join(root, f"model_final{ext}") for ext in (".pth", ".safetensors")]
-        found = [f for f in found if os.path.isfile(f)]
-        if found:
-            return max(found, key=os.path.getmtime)
-    return ""
+    return demo_utils.default_weights(cfg, REPO_ROOT)
 
 
 def setup_cfg(args):
-    from pixelllm_d2.config import get_cfg
-
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(
-            f"config file not found: {args.config_file}"
-            + (" (the default embedded-benchmark config; pass --config-file)" if args.config_file == DEFAULT_CONFIG else "")
-        )
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(list(args.opts))
-    if args.cpu:
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = default_weights(cfg)
-    cfg.freeze()
-    return cfg
+    return demo_utils.setup_cfg(args.config_file, args.opts, args.cpu, REPO_ROOT, DEFAULT_CONFIG)
 
 
 def summarize(stem: str, record) -> str:
@@ -179,8 +158,8 @@ def main(argv=None) -> int:
         import torch
 
         from pixelllm_d2.predictor import PixelLLMPredictor, read_image
-        from pixelllm_d2.utils.serialization import output_to_json, write_json
-        from pixelllm_d2.utils.visualizer import Visualizer, save_image
+        from pixelllm_d2.utils.serialization import write_json
+        from pixelllm_d2.utils.visualizer import save_image
 
         if cfg.SEED >= 0:  # reproducible pictures from configs without trained weights
             torch.manual_seed(cfg.SEED)
@@ -210,10 +189,8 @@ def main(argv=None) -> int:
             continue
         seconds = (time.perf_counter() - start) / len(chunk)
         for (path, stem, image, _), out in zip(chunk, outputs):
-            h, w = image.shape[:2]
-            record = output_to_json(out, path, h, w, texts=args.text if get_task(args.task).text_at_test == "given" else None, points=args.point)
+            record, picture = demo_utils.demo_outputs(out, image, path, texts=args.text, points=args.point)
             write_json(os.path.join(args.output, f"{stem}.json"), record)
-            picture = Visualizer(image).draw_outputs(out, texts=args.text, points=args.point)
             save_image(os.path.join(args.output, f"{stem}.png"), picture)
             print(summarize(stem, record) + f"\n  -> {os.path.join(args.output, stem)}.png / .json ({seconds:.2f} s)")
     return _report(failures, total)
