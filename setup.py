@@ -37,6 +37,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "eval": ["pycocoevalcap==1.2"],
-        "test": ["pytest>=8", "scikit-image"],
+        # Selenium drives Debian's chromium in the web viewer's browser test (.ci/run installs the browser)
+        "test": ["pytest>=8", "scikit-image", "selenium>=4.20"],
+        # tools/web_demo.py (Gradio 6 pages; gradio_client comes with it); scikit-image: the example photos
+        "web": ["gradio>=6,<7", "scikit-image"],
     },
 )
