@@ -3,6 +3,7 @@
 
     python tools/benchmark.py --config-file CFG.yaml [CFG2.yaml ...] --task train [--iters N] [--json] [KEY VALUE ...]
     python tools/benchmark.py --config-file CFG.yaml --task densecap [--regions 100] [--input IMG] [KEY VALUE ...]
+    python tools/benchmark.py --config-file CFG.yaml --task profile [--iters N] [--top K] [KEY VALUE ...]
 
 --task train: the exact training step of `DefaultTrainer` (data, forward, loss gathering, backward, clipping,
 optimizer step; no hooks) for `--warmup` untimed then `--iters` timed iterations; reports iterations/s,
@@ -17,6 +18,10 @@ decode with the KV cache, per-word locations read from the decoder states while 
 (`official_s`: the whole prefix recomputed at every step, then the language model re-run teacher-forced on the
 decoded tokens for the per-word locations, as `auto_regressive_decode.py` + `predict_points`). The visual tokens of
 the regions are computed once and shared; `identical` says whether both gave the same tokens.
+
+--task profile: where the training step's time goes, per task of the batch: mean milliseconds of forward,
+backward, optimizer step and the rest (data, loss gathering) per step, then the top `--top` operators
+(torch.profiler, self time) and Python frames (cProfile: by self time, and this project's frames by cumulative time).
 
 With --json, one config prints its result object; several print a list of them.
 
@@ -57,6 +62,7 @@ class _CountingLoader:
     def __init__(self, loader):
         self.loader = loader
         self.images = 0
+        self.last_task = ""
 
     @property
     def num_skipped(self) -> int:
@@ -65,12 +71,27 @@ class _CountingLoader:
     def __iter__(self):
         for batch in self.loader:
             self.images += len(batch)
+            self.last_task = "+".join(sorted({str(x.get("task", "?")) for x in batch if isinstance(x, dict)}))
             yield batch
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _bare_trainer(cfg, trainer_cls):
+    """(trainer, counting loader): `trainer_cls` on `cfg` without hooks (no checkpoints, evaluation or writers)."""
+    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
+
+    class _Timed(trainer_cls):
+        def build_hooks(self):
+            return []
+
+    trainer = _Timed(cfg)
+    loader = _CountingLoader(trainer_cls.build_train_loader(cfg, start_iter=0, seed=trainer.data_seed))
+    trainer.data_loader = loader
+    return trainer, loader
 
 
 @register_task("train")
@@ -81,16 +102,8 @@ def benchmark_train(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
         dict with iters, iters_per_s, images_per_s (all processes), peak_memory_mib and its kind, device,
         processes, amp.
     """
-    seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)
     device = resolve_device(cfg.MODEL.DEVICE)
-
-    class _Timed(trainer_cls):
-        def build_hooks(self):
-            return []  # no checkpoints, evaluation or writers: the step alone is timed
-
-    trainer = _Timed(cfg)
-    loader = _CountingLoader(trainer_cls.build_train_loader(cfg, start_iter=0, seed=trainer.data_seed))
-    trainer.data_loader = loader
+    trainer, loader = _bare_trainer(cfg, trainer_cls)
     with EventStorage(0) as storage:
         trainer.before_train()  # no hooks: creates the loader's iterator
         for i in range(args.warmup):
@@ -122,6 +135,159 @@ def benchmark_train(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
         "processes": comm.get_world_size(),
         "amp": cfg.SOLVER.AMP.DTYPE if cfg.SOLVER.AMP.ENABLED else "off",
     }
+
+
+class _PhaseClock:
+    """Times the phases of the steps of a `DefaultTrainer` (its inner SimpleTrainer's forward, backward_and_step
+    and optimizer.step are wrapped): per step, forward, backward (backward_and_step minus the optimizer step),
+    optimizer and the rest (data, loss gathering, logging) in seconds."""
+
+    def __init__(self, trainer, device):
+        self.device, self.last = device, {}
+        inner = trainer._trainer
+        for obj, name, phase in ((inner, "forward", "forward"), (inner, "backward_and_step", "backward"),
+                                 (inner.optimizer, "step", "optimizer")):
+            setattr(obj, name, self._timed(getattr(obj, name), phase))
+
+    def _timed(self, fn, phase):
+        def wrapper(*args, **kwargs):
+            _sync(self.device)
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            _sync(self.device)
+            self.last[phase] = time.perf_counter() - start
+            return out
+
+        return wrapper
+
+    def step(self, trainer) -> Dict[str, float]:
+        self.last = {}
+        start = time.perf_counter()
+        trainer.run_step()
+        _sync(self.device)
+        total = time.perf_counter() - start
+        t = dict(self.last)
+        t["backward"] = t.get("backward", 0.0) - t.get("optimizer", 0.0)
+        t["other"] = total - t.get("forward", 0.0) - t["backward"] - t.get("optimizer", 0.0)
+        t["total"] = total
+        return t
+
+
+def _frame_name(key) -> str:
+    path, line, func = key
+    if path == "~":  # a builtin
+        return func
+    parts = path.replace("\\", "/").split("/")
+    return f"{'/'.join(parts[-2:])}:{line}({func})"
+
+
+@register_task("profile")
+def profile_train(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
+    """Where a training step's time goes, per task of the batch (batches of one task each, or a mix): after
+    `--warmup` steps, passes of `--iters` steps each: plain wall times per phase; torch.profiler (the operators'
+    self time); the step's FLOPs (torch's counter, at most 12 steps); cProfile (the Python frames, self and
+    cumulative). Profilers slow the steps down, so only the first pass's times are the step's times.
+
+    Returns:
+        dict with device, iters and "tasks": {task: {"steps", "ms" (phase -> mean ms per step), "gflop" (per step,
+        forward + backward), "gflop_per_s" (achieved: gflop over the mean step time), "ops" (top
+        operators: name, self ms per step, calls per step), "frames_self" / "frames_project" (top Python frames by
+        self time / this project's frames by cumulative time: name, ms per step)}}.
+    """
+    import cProfile
+    import pstats
+    from collections import Counter, defaultdict
+
+    from pixelllm_d2.utils.flops import count_flops
+
+    from torch.profiler import ProfilerActivity, profile
+
+    device = resolve_device(cfg.MODEL.DEVICE)
+    trainer, loader = _bare_trainer(cfg, trainer_cls)
+    clock = _PhaseClock(trainer, device)
+    phases = defaultdict(lambda: defaultdict(list))
+    op_ms, op_calls, steps_profiled = defaultdict(Counter), defaultdict(Counter), Counter()
+    py = {}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with EventStorage(0) as storage:
+        trainer.before_train()
+        it = 0
+
+        def step():
+            nonlocal it
+            storage.iter = trainer.iter = it
+            it += 1
+            return clock.step(trainer)
+
+        for _ in range(args.warmup):
+            step()
+        for _ in range(args.iters):
+            t = step()
+            for k, v in t.items():
+                phases[loader.last_task][k].append(v)
+        for _ in range(args.iters):
+            with profile(activities=activities) as prof:
+                step()
+            task = loader.last_task
+            steps_profiled[task] += 1
+            for e in prof.key_averages():
+                op_ms[task][e.key] += (e.self_device_time_total if device.type == "cuda" else e.self_cpu_time_total) / 1e3
+                op_calls[task][e.key] += e.count
+        flops = defaultdict(list)
+        for _ in range(min(args.iters, 12)):
+            _, n = count_flops(step)
+            flops[loader.last_task].append(n)
+        for _ in range(args.iters):
+            pr = cProfile.Profile()
+            pr.enable()
+            step()
+            pr.disable()
+            py.setdefault(loader.last_task, []).append(pr)
+    tasks = {}
+    top = max(1, args.top)
+    for task in sorted(set(phases) | set(steps_profiled) | set(py)):  # each pass draws its own batches
+        times = phases.get(task, {})
+        row = {"steps": len(times.get("total", [])), "profiled_steps": steps_profiled[task],
+               "ms": {k: 1e3 * sum(v) / len(v) for k, v in times.items()}}
+        n = max(1, steps_profiled[task])
+        row["ops"] = [(name, ms / n, op_calls[task][name] / n) for name, ms in op_ms[task].most_common(top)]
+        if flops.get(task):
+            row["gflop"] = sum(flops[task]) / len(flops[task]) / 1e9
+            if "total" in row["ms"]:
+                row["gflop_per_s"] = row["gflop"] / (row["ms"]["total"] / 1e3)
+        if task in py:
+            stats = pstats.Stats(*py[task])
+            k = len(py[task])
+            rows = [(_frame_name(key), tt * 1e3 / k, ct * 1e3 / k, key[0]) for key, (_, _, tt, ct, _) in stats.stats.items()]
+            row["frames_self"] = [(f, tt) for f, tt, _, _ in sorted(rows, key=lambda r: -r[1])[:top]]
+            row["frames_project"] = [(f, ct) for f, _, ct, path in sorted(rows, key=lambda r: -r[2])
+                                     if "pixelllm_d2" in path.replace("\\", "/")][:top]
+        tasks[task] = row
+    trainer = loader = clock = None  # release the model before the next config
+    gc.collect()
+    return {"device": str(device), "iters": args.iters, "tasks": tasks}
+
+
+def _profile_table(r: Dict) -> str:
+    from tabulate import tabulate
+
+    out = [f"{r['config']} on {r['device']}: {r['iters']} steps per pass, mean ms per step of each task's batches"]
+    names = ["total", "forward", "backward", "optimizer", "other"]
+    out.append(tabulate([(t, x["steps"], *(f"{x['ms'][k]:.1f}" if k in x["ms"] else "" for k in names),
+                          f"{x['gflop']:.2f}" if "gflop" in x else "", f"{x['gflop_per_s']:.0f}" if "gflop_per_s" in x else "")
+                         for t, x in r["tasks"].items()],
+                        headers=["task", "steps", *names, "GFLOP / step", "GFLOP/s"], tablefmt="pipe"))
+    for t, x in r["tasks"].items():
+        if not x["ops"]:
+            continue
+        out.append(f"### {t}: top operators (self ms / step, calls / step; under torch.profiler)")
+        out.append(tabulate([(n, f"{ms:.2f}", f"{c:.0f}") for n, ms, c in x["ops"]], headers=["operator", "ms", "calls"],
+                            tablefmt="pipe"))
+        for key, what in (("frames_self", "Python frames by self time"), ("frames_project", "pixelllm_d2 frames by cumulative time")):
+            if x.get(key):
+                out.append(f"### {t}: {what} (ms / step, under cProfile)")
+                out.append(tabulate([(n, f"{ms:.2f}") for n, ms in x[key]], headers=["frame", "ms"], tablefmt="pipe"))
+    return "\n\n".join(out)
 
 
 def _region_boxes(n: int, h: int, w: int, seed: int) -> torch.Tensor:
@@ -438,6 +604,8 @@ def format_table(rows: List[Dict]) -> str:
 
     if rows and rows[0]["task"] == "paper":
         return "\n\n".join(_paper_table(r) for r in rows)
+    if rows and rows[0]["task"] == "profile":
+        return "\n\n".join(_profile_table(r) for r in rows)
     if rows and rows[0]["task"] == "densecap":
         return tabulate(
             [
@@ -501,6 +669,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before timing")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--top", type=int, default=12, help="profile: operators and frames listed per task")
     parser.add_argument("--regions", type=int, default=0,
                         help="densecap / paper: regions captioned in one batch (default 100 / 32)")
     parser.add_argument("--input", default="", help="densecap: the image (default: a generated shapes scene)")

@@ -498,6 +498,9 @@ _C.DATALOADER.MIX_TASKS_IN_BATCH = False
 # ---------------------------------------------------------------------------------------------------------------
 _C.SOLVER = CfgNode()
 _C.SOLVER.OPTIMIZER = "AdamW"
+# How AdamW updates the parameters: "fused" (one kernel over all of them; on CPU this removes ~10 small ops per
+# parameter per step), "foreach" (grouped ops) or "for-loop" (torch's per-parameter reference).
+_C.SOLVER.OPTIMIZER_IMPL = "fused"
 # Images per batch over all processes.
 _C.SOLVER.IMS_PER_BATCH = 64
 _C.SOLVER.BASE_LR = 1e-4

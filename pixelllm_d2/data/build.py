@@ -37,6 +37,39 @@ def _identity(batch):
     return batch
 
 
+class _Array:
+    """A tensor crossing from a loader worker to the main process as a numpy array: pickled into the pipe in one
+    piece, whereas torch sends every tensor through its own shared-memory file descriptor (~0.5 ms each on CPU,
+    ~40 tensors per batch) and the main process then page-faults the shared pages in."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+
+def _to_pipe(obj):
+    """`obj` with its numpy-representable CPU tensors wrapped as `_Array` (dicts, lists and tuples recursively)."""
+    if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.dtype != torch.bfloat16 and not obj.requires_grad:
+        return _Array(obj.numpy())
+    if isinstance(obj, dict):
+        return {k: _to_pipe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_pipe(v) for v in obj)
+    return obj
+
+
+def _from_pipe(obj):
+    """Undo `_to_pipe` (the arrays become tensors without a copy)."""
+    if isinstance(obj, _Array):
+        return torch.from_numpy(obj.array)
+    if isinstance(obj, dict):
+        return {k: _from_pipe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_from_pipe(v) for v in obj)
+    return obj
+
+
 def _has_annotations(d: dict) -> bool:
     for key in ("narratives", "captions", "annotations"):
         if key in d:
@@ -188,7 +221,7 @@ class _TrainStream(IterableDataset):
             pairs = self.plan(k)
             skipped: List[str] = []
             batch = [self._map(k, i, s, idx, skipped) for i, (s, idx) in enumerate(pairs) if self.lo <= i < self.hi]
-            yield k, batch, skipped
+            yield k, (_to_pipe(batch) if info is not None else batch), skipped
 
 
 class TrainLoader:
@@ -229,7 +262,7 @@ class TrainLoader:
                 logger.warning(f"iteration {k}: replaced an unreadable sample: {s}")
             self.num_skipped += len(skipped)
             self.skipped_files = (self.skipped_files + skipped)[-100:]
-            yield batch
+            yield _from_pipe(batch)
 
 
 def build_train_loader(

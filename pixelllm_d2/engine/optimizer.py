@@ -143,7 +143,18 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     logger.info(
         "Optimizer: AdamW over %d trainable parameters (%d frozen) in %d groups", n_train, n_all - n_train, len(groups)
     )
-    return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY)
+    return torch.optim.AdamW(groups, lr=s.BASE_LR, betas=tuple(s.BETAS), eps=s.EPS, weight_decay=s.WEIGHT_DECAY,
+                             **optimizer_impl(s.OPTIMIZER_IMPL))
+
+
+_IMPLS = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False, fused=False)}
+
+
+def optimizer_impl(name: str) -> Dict[str, bool]:
+    """The torch.optim keyword arguments of SOLVER.OPTIMIZER_IMPL."""
+    if name not in _IMPLS:
+        raise ValueError(f"SOLVER.OPTIMIZER_IMPL must be one of {sorted(_IMPLS)}, got {name!r}")
+    return dict(_IMPLS[name])
 
 
 def build_grad_clipper(cfg) -> Optional[Callable[[List[nn.Parameter]], None]]:

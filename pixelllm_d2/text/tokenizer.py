@@ -53,6 +53,9 @@ class TextTokenizer:
         backend = getattr(hf_tokenizer, "backend_tokenizer", None)
         self.wordpiece = type(getattr(backend, "model", None)).__name__ == "WordPiece"
         self.special_ids = set(int(i) for i in hf_tokenizer.all_special_ids)
+        # Training re-tokenises the same captions and prompts every epoch (~40 texts per batch on the loader's
+        # critical path); a tokenizer is deterministic, so each text's ids are kept (bounded: long corpora).
+        self._ids = lru_cache(maxsize=1 << 16)(self._hf_ids)
 
     def __len__(self) -> int:
         return len(self.hf)
@@ -64,10 +67,22 @@ class TextTokenizer:
     def encode(self, text: str, max_len: int = 0, add_eos: bool = True) -> List[int]:
         """Token ids of `text` (no BOS). With `add_eos`, the last id is EOS even when the text is truncated to
         `max_len` (which counts the EOS)."""
-        ids = list(self.hf(text, add_special_tokens=False).input_ids)
+        ids = list(self._ids(text))
         if max_len > 0:
             ids = ids[: max_len - 1 if add_eos else max_len]
         return ids + [self.eos_id] if add_eos else ids
+
+    def _hf_ids(self, text: str) -> Tuple[int, ...]:
+        return tuple(self.hf(text, add_special_tokens=False).input_ids)
+
+    def __getstate__(self):  # the cache is a per-process bound function: rebuilt, not pickled (loader workers)
+        state = self.__dict__.copy()
+        state.pop("_ids")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._ids = lru_cache(maxsize=1 << 16)(self._hf_ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`, stopping at the first EOS; pad and other special ids dropped."""

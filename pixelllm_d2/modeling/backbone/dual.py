@@ -124,9 +124,9 @@ class DualViTBackbone(nn.Module):
         b, _, h, w = images.shape
         if (h, w) != (self.image_size, self.image_size):
             raise ValueError(f"backbone expects {self.image_size}x{self.image_size} padded images, got {h}x{w}")
-        valid = torch.zeros(b, 1, h, w, dtype=images.dtype, device=images.device)
-        for i, (ih, iw) in enumerate(image_sizes):
-            valid[i, :, :ih, :iw] = 1
+        hw = torch.tensor(image_sizes, device=images.device).view(b, 2, 1, 1)
+        rows, cols = torch.arange(h, device=images.device).view(1, h, 1), torch.arange(w, device=images.device).view(1, 1, w)
+        valid = ((rows < hw[:, 0]) & (cols < hw[:, 1])).unsqueeze(1).to(images.dtype)  # (B, 1, S, S): 1 on the image
         sam_frozen = not any(p.requires_grad for p in self.sam.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not sam_frozen):
             sam = self.sam(self._normalise(images, valid, self.sam_pixel_mean, self.sam_pixel_std))

@@ -161,19 +161,20 @@ class SAMMaskHead(nn.Module):
             iou: (Q,) predicted mask IoU.
         """
         tokens = self.adapter(box_tokens, visual_tokens, text_feats, text_mask)
-        _, dim, h, w = sam_embedding.shape
-        order, logits, iou = [], [], []
-        # SAM's decoder repeats one image embedding per prompt, so it runs once per image.
-        for b in image_index.unique().tolist():
-            sel = (image_index == b).nonzero(as_tuple=True)[0]
-            dense = no_mask_embed.view(1, dim, 1, 1).expand(len(sel), dim, h, w)
-            masks, pred_iou = self.decoder(sam_embedding[b : b + 1], dense_pe, tokens[sel], dense, multimask_output=False)
-            order.append(sel)
-            logits.append(masks[:, 0])
-            iou.append(pred_iou[:, 0])
-        inverse = torch.empty_like(image_index)
-        inverse[torch.cat(order)] = torch.arange(len(image_index), device=image_index.device)
-        logits, iou = torch.cat(logits)[inverse], torch.cat(iou)[inverse]
+        dim = sam_embedding.shape[1]
+        # SAM's decoder (MaskDecoder.predict_masks, single-mask output) over all queries at once: each query reads
+        # its own image's embedding, where MaskDecoder.forward repeats one image per call (a loop over images).
+        d = self.decoder
+        src = sam_embedding[image_index] + no_mask_embed.view(1, dim, 1, 1)
+        q = len(image_index)
+        out_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight]).unsqueeze(0).expand(q, -1, -1)
+        hs, src = d.transformer(src, dense_pe.expand(q, -1, -1, -1), torch.cat([out_tokens, tokens], dim=1))
+        _, c, h, w = sam_embedding.shape
+        up = d.output_upscaling(src.transpose(1, 2).reshape(q, c, h, w))
+        # multimask_output=False keeps mask token 0 only: the other tokens' hypernetworks would be discarded
+        hyper = d.output_hypernetworks_mlps[0](hs[:, 1])
+        logits = (hyper[:, None] @ up.flatten(2)).view(q, *up.shape[-2:])
+        iou = d.iou_prediction_head(hs[:, 0])[:, 0]
         return logits, iou
 
     def predict(self, sam_embedding: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor, prompt_encoder,
