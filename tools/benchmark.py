@@ -198,9 +198,9 @@ def profile_train(cfg, args, trainer_cls=DefaultTrainer) -> Dict:
     import pstats
     from collections import Counter, defaultdict
 
-    from pixelllm_d2.utils.flops import count_flops
-
     from torch.profiler import ProfilerActivity, profile
+
+    from pixelllm_d2.utils.flops import count_flops
 
     device = resolve_device(cfg.MODEL.DEVICE)
     trainer, loader = _bare_trainer(cfg, trainer_cls)

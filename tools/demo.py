@@ -24,7 +24,7 @@ import time
 # Light imports only: --help and command-line errors answer before torch and the model load.
 from pixelllm_d2.tasks import PREDICTOR_TASKS, get_task, task_names
 from pixelllm_d2.utils import demo as demo_utils
-from pixelllm_d2.utils.cli import add_debug_flag, debug_requested, error_line, quiet_dependency_warnings
+from pixelllm_d2.utils.cli import add_debug_flag, check_opts, debug_requested, error_line, quiet_dependency_warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "pixelllm_tiny_shapes.yaml")
@@ -79,8 +79,7 @@ def parse_args(argv=None):
         parser.error(f'--task {args.task} needs --text "the referring expression"')
     if not texted and args.text is not None:
         parser.error(f"--text is the expression of --task {_names(text_at_test='given')}, not --task {args.task}")
-    if len(args.opts) % 2:
-        parser.error(f"--opts needs KEY VALUE pairs, got {len(args.opts)} items")
+    check_opts(parser, args.opts)
     return args
 
 

@@ -26,7 +26,7 @@ import tempfile
 
 # Light imports only: --help and command-line errors answer before torch, Gradio and the model load.
 from pixelllm_d2.utils import demo as demo_utils
-from pixelllm_d2.utils.cli import add_debug_flag, quiet_dependency_warnings, run_tool
+from pixelllm_d2.utils.cli import add_debug_flag, check_opts, quiet_dependency_warnings, run_tool
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "pixelllm_tiny_shapes.yaml")
@@ -50,8 +50,7 @@ def get_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     parser = get_parser()
     args = parser.parse_args(argv)
-    if len(args.opts) % 2:
-        parser.error(f"--opts needs KEY VALUE pairs, got {len(args.opts)} items")
+    check_opts(parser, args.opts)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
     return args
@@ -94,7 +93,7 @@ def serve(args) -> int:
     with tempfile.TemporaryDirectory(prefix="pixelllm_web_") as folder:
         examples = [] if args.no_examples else write_examples(folder, DOCS_SCENE)
         model_line = f"config {shown[0]}, weights {shown[1]}"
-        app = build_app(DemoService(predictor, cfg.MODEL.WEIGHTS), examples, model_line)
+        app = build_app(DemoService(predictor), examples, model_line)
         print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
         launch(app, args.host, args.port, block=True)
     return 0

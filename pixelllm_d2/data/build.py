@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..tasks import get_task
+from ..utils.nested import map_leaves
 from .catalog import DatasetCatalog, MetadataCatalog
 from .dataset_mapper import DatasetMapper
 from .detection_utils import DataError
@@ -49,25 +50,19 @@ class _Array:
 
 
 def _to_pipe(obj):
-    """`obj` with its numpy-representable CPU tensors wrapped as `_Array` (dicts, lists and tuples recursively)."""
-    if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.dtype != torch.bfloat16 and not obj.requires_grad:
-        return _Array(obj.numpy())
-    if isinstance(obj, dict):
-        return {k: _to_pipe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_pipe(v) for v in obj)
-    return obj
+    """`obj` with its numpy-representable CPU tensors wrapped as `_Array` (inside dicts, lists and tuples)."""
+
+    def wrap(x):
+        if isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype != torch.bfloat16 and not x.requires_grad:
+            return _Array(x.numpy())
+        return x
+
+    return map_leaves(obj, wrap)
 
 
 def _from_pipe(obj):
     """Undo `_to_pipe` (the arrays become tensors without a copy)."""
-    if isinstance(obj, _Array):
-        return torch.from_numpy(obj.array)
-    if isinstance(obj, dict):
-        return {k: _from_pipe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_from_pipe(v) for v in obj)
-    return obj
+    return map_leaves(obj, lambda x: torch.from_numpy(x.array) if isinstance(x, _Array) else x)
 
 
 def _has_annotations(d: dict) -> bool:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils.nested import map_leaves
+
 __all__ = ["DTYPES", "parse_dtype", "cast_frozen", "check_frozen_dtype", "autocast_in_eval", "eval_autocast", "to_float32",
            "FrozenLowPrecisionLinear"]
 
@@ -85,15 +87,13 @@ def cast_frozen(model: nn.Module, dtype: Optional[torch.dtype]) -> int:
     return n
 
 
+def _float32(x: Any) -> Any:
+    return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != torch.float32 else x
+
+
 def to_float32(obj: Any) -> Any:
     """`obj` with every reduced-precision floating tensor inside dicts / lists / tuples cast to float32."""
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() and obj.dtype != torch.float32 else obj
-    if isinstance(obj, dict):
-        return {k: to_float32(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(to_float32(v) for v in obj)
-    return obj
+    return map_leaves(obj, _float32)
 
 
 def _eval_dtype(model: nn.Module) -> Optional[torch.dtype]:

@@ -8,8 +8,8 @@ import sys
 import warnings
 from typing import Callable, Optional
 
-__all__ = ["USAGE_ERRORS", "default_argument_parser", "add_debug_flag", "debug_requested", "error_line",
-           "quiet_dependency_warnings", "run_tool"]
+__all__ = ["USAGE_ERRORS", "default_argument_parser", "add_debug_flag", "check_opts", "debug_requested",
+           "error_line", "quiet_dependency_warnings", "run_tool"]
 
 # What bad input raises in this toolkit: ConfigError and the weights / dataset / option checks are ValueErrors.
 USAGE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError, KeyError)
@@ -17,6 +17,12 @@ USAGE_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permis
 
 def add_debug_flag(parser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: PIXELLLM_DEBUG=1)")
+
+
+def check_opts(parser, opts) -> None:
+    """A usage error (exit 2, before anything heavy loads) unless `--opts` holds KEY VALUE pairs."""
+    if len(opts) % 2:
+        parser.error(f"--opts needs KEY VALUE pairs, got {len(opts)} items")
 
 
 def debug_requested(args=None) -> bool:

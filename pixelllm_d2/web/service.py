@@ -44,12 +44,10 @@ class DemoService:
     """
     Args:
         predictor: a `PixelLLMPredictor` (its config decides the model, weights and device).
-        weights: what to report as the weights in the page ("" = random initialisation).
     """
 
-    def __init__(self, predictor, weights: str = ""):
+    def __init__(self, predictor):
         self.predictor = predictor
-        self.weights = weights
         self._lock = threading.Lock()
 
     @property

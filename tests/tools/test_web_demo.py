@@ -43,17 +43,14 @@ def _tool(*args, timeout=60):
 
 
 # ------------------------------------------------------------------------------------------------- command line
-def test_help_is_fast_and_imports_neither_torch_nor_gradio():
+def test_help_imports_neither_torch_nor_gradio():
     code = ("import runpy, sys\nsys.argv = ['web_demo.py', '--help']\n"
             f"try:\n    runpy.run_path({WEB_DEMO!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
             "print('LOADED', 'torch' in sys.modules, 'gradio' in sys.modules)")
-    start = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT), cwd=REPO_ROOT)
-    seconds = time.perf_counter() - start
     assert res.returncode == 0, res.stderr
     assert "--random-init" in res.stdout and "/caption" in res.stdout
-    assert "LOADED False False" in res.stdout
-    assert seconds < 10, f"--help took {seconds:.1f} s"
+    assert "LOADED False False" in res.stdout  # what keeps --help fast (timings belong in benchmarks)
 
 
 @pytest.mark.parametrize(

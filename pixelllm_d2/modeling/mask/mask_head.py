@@ -161,7 +161,7 @@ class SAMMaskHead(nn.Module):
             iou: (Q,) predicted mask IoU.
         """
         tokens = self.adapter(box_tokens, visual_tokens, text_feats, text_mask)
-        dim = sam_embedding.shape[1]
+        _, dim, h, w = sam_embedding.shape
         # SAM's decoder (MaskDecoder.predict_masks, single-mask output) over all queries at once: each query reads
         # its own image's embedding, where MaskDecoder.forward repeats one image per call (a loop over images).
         d = self.decoder
@@ -169,8 +169,7 @@ class SAMMaskHead(nn.Module):
         q = len(image_index)
         out_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight]).unsqueeze(0).expand(q, -1, -1)
         hs, src = d.transformer(src, dense_pe.expand(q, -1, -1, -1), torch.cat([out_tokens, tokens], dim=1))
-        _, c, h, w = sam_embedding.shape
-        up = d.output_upscaling(src.transpose(1, 2).reshape(q, c, h, w))
+        up = d.output_upscaling(src.transpose(1, 2).reshape(q, dim, h, w))
         # multimask_output=False keeps mask token 0 only: the other tokens' hypernetworks would be discarded
         hyper = d.output_hypernetworks_mlps[0](hs[:, 1])
         logits = (hyper[:, None] @ up.flatten(2)).view(q, *up.shape[-2:])
